@@ -1,0 +1,33 @@
+# Quick start:  make demo   (embedded default model, random weights)
+#               make test   (the full CPU test suite)
+# Each target creates .venv and installs what it needs on first use.
+# TORCH_SPEC picks the torch build: a CPU wheel by default; e.g. `make test TORCH_SPEC=torch` on a CUDA machine.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test lint bench clean
+
+$(VENV)/.installed: pyproject.toml setup.py
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel pybind11
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q "triton>=3.0" || echo "triton not installable here: Triton kernels and their tests are skipped"
+	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(PY) -m engine demo
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check engine kernels tests benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info
