@@ -1,0 +1,83 @@
+"""Pure tensor functions, one file per op, each with a plain-PyTorch `<op>_ref` beside its fast versions.
+
+The engine never calls an implementation directly: it asks `get_ops(backend)` for an `Ops` table and calls
+`ops.<op>(...)`. The "torch" table holds the references (attention through torch's fused SDPA), so the whole
+model runs on a CPU with nothing but PyTorch; faster backends fill the same table with kernels of the same
+signatures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .attention import attention_ref, attention_torch
+from .decode_attention import decode_attention_ref, decode_attention_torch
+from .kv_store import kv_store_ref
+from .patch_embed import patch_embed_ref
+from .pixel_shuffle import pixel_shuffle_ref
+from .rms_norm import rms_norm_ref
+from .rotary import rotary_ref
+from .sample import repetition_penalty_ref, sample_ref
+from .swiglu import swiglu_ref
+
+BACKENDS = ("torch",)
+
+
+@dataclass(frozen=True)
+class Ops:
+    """The op table the model runs on; every field has the signature of its `<op>_ref`."""
+
+    name: str
+    rms_norm: Callable
+    rotary: Callable
+    attention: Callable
+    decode_attention: Callable
+    kv_store: Callable
+    swiglu: Callable
+    patch_embed: Callable
+    pixel_shuffle: Callable
+    repetition_penalty: Callable
+    sample: Callable
+
+
+TORCH_OPS = Ops(
+    name="torch",
+    rms_norm=rms_norm_ref,
+    rotary=rotary_ref,
+    attention=attention_torch,
+    decode_attention=decode_attention_torch,
+    kv_store=kv_store_ref,
+    swiglu=swiglu_ref,
+    patch_embed=patch_embed_ref,
+    pixel_shuffle=pixel_shuffle_ref,
+    repetition_penalty=repetition_penalty_ref,
+    sample=sample_ref,
+)
+
+
+def get_ops(backend: str = "auto", device: str = "cpu") -> Ops:
+    """The op table for `backend` ("torch", or "auto": the fastest one available on `device`)."""
+    if backend not in BACKENDS + ("auto",):
+        raise ValueError(f"backend {backend!r} is not available; choose one of {BACKENDS + ('auto',)}")
+    return TORCH_OPS
+
+
+__all__ = [
+    "BACKENDS",
+    "Ops",
+    "TORCH_OPS",
+    "get_ops",
+    "attention_ref",
+    "attention_torch",
+    "decode_attention_torch",
+    "decode_attention_ref",
+    "kv_store_ref",
+    "patch_embed_ref",
+    "pixel_shuffle_ref",
+    "repetition_penalty_ref",
+    "rms_norm_ref",
+    "rotary_ref",
+    "sample_ref",
+    "swiglu_ref",
+]
