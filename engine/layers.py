@@ -1,0 +1,146 @@
+"""A stack of InternLM2 decoder layers over a packed batch, with its KV cache.
+
+The same code runs the 8 holistic-embedding layers and the 24 LLM layers. Tokens of all sequences are packed
+into one (T, C) matrix, so the projections are single GEMMs; attention separates the sequences again through
+`cu_seqlens` (prefill) or per-sequence lengths (decode). Every non-GEMM op goes through the `kernels` op table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from kernels import Ops
+
+from .config import StackConfig
+from .kv_cache import KVCache
+from .rope import Rope
+
+
+@dataclass
+class LayerWeights:
+    attn_norm: torch.Tensor  # (C,)
+    wqkv: torch.Tensor  # ((Hq + 2 Hkv) D, C): all query heads, then all key heads, then all value heads
+    wo: torch.Tensor  # (C, Hq D)
+    ffn_norm: torch.Tensor  # (C,)
+    w13: torch.Tensor  # (2I, C): gate (w1) rows, then up (w3) rows
+    w2: torch.Tensor  # (C, I)
+
+
+def take_layer(raw: dict[str, torch.Tensor], prefix: str, cfg: StackConfig) -> LayerWeights:
+    """Moves one layer's tensors out of `raw` (so memory is freed as we go) into the engine's fused layout."""
+    hkv, d = cfg.num_kv_heads, cfg.head_dim
+    rep = cfg.num_heads // hkv
+    fused = raw.pop(prefix + "attention.wqkv.weight")
+    groups = fused.view(hkv, rep + 2, d, fused.shape[-1])  # rows grouped per kv head: rep queries, key, value
+    wqkv = torch.cat(
+        (
+            groups[:, :rep].reshape(hkv * rep * d, -1),  # query head g*rep + j, as the reference numbers them
+            groups[:, rep].reshape(hkv * d, -1),
+            groups[:, rep + 1].reshape(hkv * d, -1),
+        )
+    )
+    del fused, groups
+    w13 = torch.cat((raw.pop(prefix + "feed_forward.w1.weight"), raw.pop(prefix + "feed_forward.w3.weight")))
+    return LayerWeights(
+        attn_norm=raw.pop(prefix + "attention_norm.weight"),
+        wqkv=wqkv,
+        wo=raw.pop(prefix + "attention.wo.weight"),
+        ffn_norm=raw.pop(prefix + "ffn_norm.weight"),
+        w13=w13,
+        w2=raw.pop(prefix + "feed_forward.w2.weight"),
+    )
+
+
+@dataclass
+class StackBatch:
+    """Where each token of one forward sits: rotary positions, cache targets, and attention extents."""
+
+    cos: torch.Tensor  # (T, D)
+    sin: torch.Tensor  # (T, D)
+    token_slots: torch.Tensor  # (T,) cache slot of each token
+    token_pos: torch.Tensor  # (T,) cache position each token is stored at
+    cu_seqlens: torch.Tensor  # (B+1,) int32 boundaries of the packed sequences
+    prefix_lens: torch.Tensor  # (B,) tokens already cached before this forward
+    slots: torch.Tensor  # (B,)
+    kv_lens: torch.Tensor  # (B,) keys each sequence attends to once this forward is stored
+    decode: bool  # one token per sequence: use the decode-attention op
+    store: bool = True  # False: attend to the cache without writing this forward's keys (HD reference quirk)
+
+
+def make_batch(
+    rope: Rope,
+    slots: list[int],
+    prefix_lens: list[int],
+    new_lens: list[int],
+    dtype: torch.dtype,
+    device: torch.device,
+    positions: list[int] | None = None,
+    store: bool = True,
+) -> StackBatch:
+    """Batch metadata for sequences that add `new_lens` tokens after `prefix_lens` cached ones.
+
+    `positions` overrides the rotary position of single-token sequences (the HD reference quirk); with
+    store=False the sequences attend to exactly their `prefix_lens` cached keys.
+    """
+    lens = torch.tensor(new_lens, dtype=torch.int64)
+    prefix = torch.tensor(prefix_lens, dtype=torch.int64)
+    token_pos = torch.cat([torch.arange(p, p + n) for p, n in zip(prefix_lens, new_lens)])
+    kv_lens = prefix + lens if store else prefix
+    rope_pos = token_pos if positions is None else torch.tensor(positions, dtype=torch.int64)
+    cos, sin = rope.cos_sin(rope_pos, torch.repeat_interleave(kv_lens, lens), dtype)
+    cu = torch.zeros(len(new_lens) + 1, dtype=torch.int32)
+    cu[1:] = torch.cumsum(lens, 0)
+    return StackBatch(
+        cos=cos.to(device),
+        sin=sin.to(device),
+        token_slots=torch.repeat_interleave(torch.tensor(slots, dtype=torch.int64), lens).to(device),
+        token_pos=token_pos.to(device),
+        cu_seqlens=cu.to(device),
+        prefix_lens=prefix.to(device),
+        slots=torch.tensor(slots, dtype=torch.int64, device=device),
+        kv_lens=kv_lens.to(device),
+        decode=all(n == 1 for n in new_lens),
+        store=store,
+    )
+
+
+class DecoderStack:
+    """InternLM2 layers: x += Attn(RMSNorm(x)); x += MLP(RMSNorm(x)), with the residual add fused into the norm."""
+
+    def __init__(self, cfg: StackConfig, layers: list[LayerWeights], ops: Ops):
+        self.cfg, self.layers, self.ops = cfg, layers, ops
+        self.q_size = cfg.num_heads * cfg.head_dim
+        self.kv_size = cfg.num_kv_heads * cfg.head_dim
+
+    def forward(
+        self, x: torch.Tensor, batch: StackBatch, cache: KVCache, final_norm: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x: (T, C). Returns the residual stream after the last layer, or its RMSNorm with `final_norm`."""
+        eps, residual, h = self.cfg.rms_norm_eps, None, x
+        for i, layer in enumerate(self.layers):
+            h, residual = self.ops.rms_norm(h, layer.attn_norm, eps, residual)
+            h = self._attention(h, i, layer, batch, cache)
+            h, residual = self.ops.rms_norm(h, layer.ffn_norm, eps, residual)
+            h = F.linear(self.ops.swiglu(F.linear(h, layer.w13)), layer.w2)
+        if final_norm is not None:
+            return self.ops.rms_norm(h, final_norm, eps, residual)[0]
+        return residual + h
+
+    def _attention(self, h: torch.Tensor, i: int, layer: LayerWeights, b: StackBatch, cache: KVCache) -> torch.Tensor:
+        t, d = h.shape[0], self.cfg.head_dim
+        qkv = F.linear(h, layer.wqkv)  # (T, (Hq + 2 Hkv) D)
+        q = qkv[:, : self.q_size].view(t, -1, d)  # (T, Hq, D), a strided view
+        k = qkv[:, self.q_size : self.q_size + self.kv_size].view(t, -1, d)  # (T, Hkv, D)
+        v = qkv[:, self.q_size + self.kv_size :].view(t, -1, d)  # (T, Hkv, D)
+        q, k = self.ops.rotary(q, k, b.cos, b.sin)
+        k_cache, v_cache = cache.k[i], cache.v[i]
+        if b.store:
+            self.ops.kv_store(k, v, k_cache, v_cache, b.token_slots, b.token_pos)
+        if b.decode:
+            o = self.ops.decode_attention(q, k_cache, v_cache, b.kv_lens, b.slots)
+        else:
+            o = self.ops.attention(q, k_cache, v_cache, b.cu_seqlens, b.prefix_lens, b.slots)
+        return F.linear(o.reshape(t, self.q_size), layer.wo)  # (T, Hq, D) -> (T, Hq D)
