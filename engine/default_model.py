@@ -1,0 +1,138 @@
+"""The embedded default model: a small deterministic checkpoint folder in exactly the released layout.
+
+`config_dict` builds a config.json with the real schema (real HoVLE sizes by default, so benchmarks can write a
+full-size random checkpoint too); `random_tensors` streams seeded random weights under the real tensor names;
+`write_default_model` adds a SentencePiece tokenizer trained on a bundled text and writes everything atomically.
+The weights are RANDOM: the model runs the whole pipeline but its text is meaningless.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint_writer import write_checkpoint
+from .config import HoVLEConfig
+from .tokenizer import Tokenizer, write_tokenizer_files
+from .weights import expected_tensors
+
+VARIANTS = ("hovle", "hovle-hd")
+DEFAULT_VERSION = "v1"  # bump when the default model's contents change, so cached copies are rewritten
+TINY = dict(hidden=256, intermediate=512, heads=4, kv_heads=2, emb_layers=2, llm_layers=4)
+TOKENIZER_FILES = ("tokenizer.model", "added_tokens.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def _stack(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int, rope: dict) -> dict[str, Any]:
+    return {
+        "hidden_act": "silu", "hidden_size": hidden, "intermediate_size": intermediate,
+        "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+        "rms_norm_eps": 1e-5, "initializer_range": 0.02, **rope,
+    }  # fmt: skip
+
+
+def config_dict(
+    variant: str = "hovle",
+    *,
+    hidden: int = 2048,
+    intermediate: int = 8192,
+    heads: int = 16,
+    kv_heads: int = 8,
+    emb_layers: int = 8,
+    llm_layers: int = 24,
+    vocab_size: int = 92553,
+    img_context_token_id: int = 92546,
+    image_size: int = 448,
+    patch_size: int = 14,
+    emb_rope: dict | None = None,
+    llm_rope: dict | None = None,
+    normalize_encoder_output: bool = False,
+    max_dynamic_patch: int = 12,
+) -> dict[str, Any]:
+    """config.json in the released schema; defaults are the real HoVLE sizes (spec sections 1.2-1.4)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant {variant!r}; expected one of {VARIANTS}")
+    long_rope = {"rope_theta": 1000000.0, "rope_scaling": {"type": "dynamic", "factor": 2.0},
+                 "max_position_embeddings": 32768}  # fmt: skip
+    emb = _stack(hidden, intermediate, emb_layers, heads, kv_heads, emb_rope or long_rope)
+    emb.update({
+        "architectures": None, "model_type": "holistic_embedding", "attention_bias": False, "attention_dropout": 0.0,
+        "dropout": 0.0, "drop_path_rate": 0.0, "attn_implementation": "flash_attention_2", "downsample_ratio": 0.5,
+        "image_size": image_size, "patch_size": patch_size, "num_channels": 3, "img_context_token_id":
+        img_context_token_id, "initializer_factor": 1e-05, "llm_vocab_size": vocab_size, "llm_hidden_size": hidden,
+        "mlp_bias": False, "pixel_shuffle_loc": "post" if variant == "hovle-hd" else "pre", "use_ls": False,
+        "use_pixel_shuffle_proj": True, "special_token_maps": {}, "pretraining_tp": 1, "use_cache": True,
+    })  # fmt: skip
+    llm = _stack(hidden, intermediate, llm_layers, heads, kv_heads, llm_rope or long_rope)
+    llm.update({
+        "architectures": ["InternLM2ForCausalLM"], "model_type": "internlm2",
+        "attn_implementation": "flash_attention_2",
+        "auto_map": {"AutoConfig": "configuration_internlm2.InternLM2Config",
+                     "AutoModel": "modeling_internlm2.InternLM2ForCausalLM",
+                     "AutoModelForCausalLM": "modeling_internlm2.InternLM2ForCausalLM"},
+        "bias": False, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2, "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16", "use_cache": True, "vocab_size": vocab_size,
+    })  # fmt: skip
+    return {
+        "_commit_hash": None, "architectures": ["InternVLChatModel"],
+        "auto_map": {"AutoConfig": "configuration_internvl_chat.InternVLChatConfig",
+                     "AutoModel": "modeling_internvl_chat.InternVLChatModel",
+                     "AutoModelForCausalLM": "modeling_internvl_chat.InternVLChatModel"},
+        "downsample_ratio": 0.5, "dynamic_image_size": True, "embedding_config": emb, "force_image_size": image_size,
+        "llm_config": llm, "max_dynamic_patch": max_dynamic_patch, "min_dynamic_patch": 1,
+        "model_type": "internvl_chat", "normalize_encoder_output": normalize_encoder_output, "pad2square": False,
+        "ps_version": "v2", "select_layer": -1, "template": "internlm2-chat", "torch_dtype": "bfloat16",
+        "transformers_version": None, "use_backbone_lora": 0, "use_llm_lora": 0, "use_thumbnail": True,
+    }  # fmt: skip
+
+
+def _init_std(name: str, shape: tuple[int, ...]) -> tuple[float, float]:
+    """(mean, std) of one random tensor: unit-scale activations, norms near 1, logits of order 1."""
+    if name.endswith("norm.weight"):
+        return 1.0, 0.1
+    if "embedding" in name or name.endswith("tok_embeddings.weight") or name.endswith(".bias"):
+        return 0.0, 1.0 if "text_embeddings" in name or "tok_embeddings" in name else 0.1
+    fan_in = 1
+    for d in shape[1:]:
+        fan_in *= d
+    return 0.0, 1.0 / fan_in**0.5
+
+
+def random_tensors(cfg: HoVLEConfig, seed: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
+    """Seeded F32 tensors under the released names, one at a time (so a 10 GB checkpoint streams to disk)."""
+    for name, shape in expected_tensors(cfg).items():
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+        mean, std = _init_std(name, shape)
+        yield name, torch.randn(shape, generator=gen, dtype=torch.float32) * std + mean
+
+
+def default_model_dir(variant: str = "hovle") -> Path:
+    root = Path(os.environ.get("HOVLE_ENGINE_HOME", Path.home() / ".cache" / "hovle-engine"))
+    return root / f"default-{variant}-{DEFAULT_VERSION}"
+
+
+def write_default_model(dst: str | Path, variant: str = "hovle", *, overwrite: bool = False, **sizes) -> Path:
+    """Writes the tiny model (tokenizer trained on the bundled text, random weights) to `dst`, atomically."""
+    dst = Path(dst)
+    with tempfile.TemporaryDirectory(prefix=".hovle-tok-") as tmp:
+        tok: Tokenizer = write_tokenizer_files(Path(tmp) / "tok")
+        files = {name: (Path(tmp) / "tok" / name).read_bytes() for name in TOKENIZER_FILES}
+    raw = config_dict(variant, vocab_size=tok.vocab_size, img_context_token_id=tok.img_context_id,
+                      **{**TINY, **sizes})  # fmt: skip
+    cfg = HoVLEConfig.from_dict(raw)
+    write_checkpoint(dst, raw, random_tensors(cfg), max_shard_bytes=4 << 20, extra_files=files, overwrite=overwrite)
+    return dst
+
+
+def ensure_default_model(variant: str = "hovle") -> Path:
+    """The cached default model folder, written on first use."""
+    path = default_model_dir(variant)
+    if not (path / "config.json").is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_default_model(path, variant, overwrite=True)
+    return path

@@ -1,0 +1,307 @@
+"""The user-facing runtime: `Engine.from_pretrained(path)`, `Engine.generate(...)`, `Engine.chat(...)`.
+
+A request is turned into token ids (chat template, `<image>` placeholders expanded to the tiles' image tokens: the
+LLM sequence at 256 per tile, HoVLE-HD's embedding sequence at 1024 per tile) and normalised tiles; a batch is
+prefilled in one packed forward and then decoded one token per step for the sequences still running.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kernels import get_ops
+
+from .config import HoVLEConfig
+from .errors import InputError
+from .generation import GenerationResult, SamplingParams, SequenceText, Timings
+from .image import preprocess
+from .model import HD_DECODE_MODES, HoVLEModel, PrefillItem
+from .tokenizer import Tokenizer, build_prompt, ensure_image_placeholders, expand_image_placeholders, get_template
+from .weights import load_weights
+
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16,
+}  # fmt: skip
+
+
+@dataclass
+class Request:
+    ids_llm: list[int]
+    ids_emb: list[int]
+    pixel_values: torch.Tensor | None
+    tiles: list[int]
+    grids: list[tuple[int, int]]  # (cols, rows) of each image's tiling, thumbnail not counted
+    preprocess_s: float
+
+
+def resolve_device_dtype(device: Any, dtype: Any) -> tuple[torch.device, torch.dtype]:
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device} was asked for but torch sees no CUDA device")
+    if dtype is None:
+        return device, (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise InputError(f"dtype {dtype!r} is not supported; choose one of {sorted(_DTYPES)}")
+        dtype = _DTYPES[dtype]
+    if dtype not in _DTYPES.values():
+        raise InputError(f"dtype {dtype} is not supported; expected float32, bfloat16 or float16")
+    return device, dtype
+
+
+class Stream:
+    """Iterates over text deltas of a streamed generation; `results` holds the GenerationResults afterwards."""
+
+    def __init__(self, events: Iterator[tuple[int, str]], single: bool):
+        self._events, self._single = events, single
+        self.results: list[GenerationResult] = []
+
+    def __iter__(self):
+        for index, delta in self._events:
+            yield delta if self._single else (index, delta)
+
+    @property
+    def result(self) -> GenerationResult:
+        return self.results[0]
+
+
+class Engine:
+    def __init__(self, cfg: HoVLEConfig, tokenizer: Tokenizer, model: HoVLEModel, hd_decode: str, max_context: int):
+        self.cfg, self.tokenizer, self.model = cfg, tokenizer, model
+        self.hd_decode, self.max_context = hd_decode, max_context
+        self.template = get_template(cfg.template)
+        self._caches = None
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        device: Any = None,
+        dtype: Any = None,
+        *,
+        backend: str = "auto",
+        hd_decode: str = "natural",
+        max_context: int | None = None,
+        progress: bool | None = None,
+    ) -> Engine:
+        """Loads a HoVLE / HoVLE-HD checkpoint folder (config.json, tokenizer files, safetensors shards)."""
+        device, dtype = resolve_device_dtype(device, dtype)
+        if hd_decode not in HD_DECODE_MODES:
+            raise InputError(f"hd_decode {hd_decode!r} is not supported; choose one of {HD_DECODE_MODES}")
+        cfg = HoVLEConfig.from_dir(path)
+        tokenizer = Tokenizer.from_dir(path)
+        _check_tokenizer(cfg, tokenizer)
+        ops = get_ops(backend, device.type)
+        model = HoVLEModel(cfg, load_weights(path, cfg, dtype=dtype, device=device, progress=progress), ops)
+        limit = max_context or cfg.llm.stack.rope.max_position_embeddings
+        if not isinstance(limit, int) or limit < 2:
+            raise InputError(f"max_context = {limit!r}; expected an integer >= 2")
+        return cls(cfg, tokenizer, model, hd_decode, limit)
+
+    # ---- requests -----------------------------------------------------------------------------------------
+    def prepare(self, messages: list[dict], images: list | None = None, max_num: int | None = None) -> Request:
+        """Chat messages (+ images for their `<image>` placeholders, in order) -> token ids and tiles."""
+        t0 = time.perf_counter()
+        images = list(images or [])
+        messages = _place_images(messages, len(images))
+        cfg = self.cfg
+        max_num = (cfg.max_dynamic_patch if cfg.dynamic_image_size else 1) if max_num is None else max_num
+        inputs = [
+            preprocess(
+                img, image_size=cfg.image_size, min_num=cfg.min_dynamic_patch if max_num > 1 else 1,
+                max_num=max_num, use_thumbnail=cfg.use_thumbnail, dynamic=cfg.dynamic_image_size,
+            )
+            for img in images
+        ]  # fmt: skip
+        tiles = [x.num_tiles for x in inputs]
+        prompt = build_prompt(self.template, messages)
+        ids_llm = self.tokenizer.encode(expand_image_placeholders(prompt, tiles, cfg.tokens_per_tile))
+        ids_emb = ids_llm
+        if cfg.is_hd:
+            ids_emb = self.tokenizer.encode(expand_image_placeholders(prompt, tiles, cfg.emb_tokens_per_tile))
+        pixels = torch.cat([x.pixel_values for x in inputs]) if inputs else None
+        grids = [tuple(x.grid) for x in inputs]
+        return Request(ids_llm, ids_emb, pixels, tiles, grids, time.perf_counter() - t0)
+
+    def _check_length(self, req: Request, params: SamplingParams) -> int:
+        n = len(req.ids_llm)
+        if n >= self.max_context:
+            raise InputError(
+                f"the prompt has {n} tokens ({sum(req.tiles)} image tiles of {self.cfg.tokens_per_tile} tokens "
+                f"included) but the context is {self.max_context} tokens; use fewer tiles (max_num) or a shorter "
+                "prompt, or raise max_context"
+            )
+        return min(params.max_new_tokens, self.max_context - n)
+
+    # ---- generation ---------------------------------------------------------------------------------------
+    def generate(
+        self,
+        prompts: str | list[str],
+        images: Any = None,
+        *,
+        stream: bool = False,
+        max_num: int | None = None,
+        **sampling,
+    ) -> GenerationResult | list[GenerationResult] | Stream:
+        """One prompt (a user turn) or a list of them. `images`: for one prompt an image or a list of images;
+        for a list of prompts a list with one entry (None, an image or a list of images) per prompt.
+        Sampling: max_new_tokens, temperature (0 = greedy), top_k, top_p, repetition_penalty, seed, stop."""
+        single = isinstance(prompts, str)
+        prompt_list = [prompts] if single else list(prompts)
+        if not prompt_list or not all(isinstance(p, str) for p in prompt_list):
+            raise InputError("prompts must be a string or a non-empty list of strings")
+        image_lists = _split_images(images, single, len(prompt_list))
+        conversations = [[{"role": "user", "content": p}] for p in prompt_list]
+        return self._run(conversations, image_lists, single, stream, max_num, sampling)
+
+    def chat(
+        self, messages: list[dict], images: Any = None, *, stream: bool = False, max_num: int | None = None, **sampling
+    ) -> GenerationResult | Stream:
+        """Multi-turn: messages = [{"role": "user"|"assistant", "content": str}, ...] ending with a user turn."""
+        imgs = _split_images(images, True, 1)
+        return self._run([messages], imgs, True, stream, max_num, sampling)
+
+    def _run(self, conversations, image_lists, single, stream, max_num, sampling):
+        params = SamplingParams.build(**sampling)
+        start = time.perf_counter()
+        requests = [self.prepare(m, imgs, max_num) for m, imgs in zip(conversations, image_lists)]
+        budgets = [self._check_length(r, params) for r in requests]
+        out = Stream(iter(()), single)
+        out._events = self._generate_events(requests, budgets, params, start, out.results)
+        if stream:
+            return out
+        for _ in out:
+            pass
+        return out.results[0] if single else out.results
+
+    def _caches_for(self, requests: list[Request], budgets: list[int]):
+        emb_cap = max(len(r.ids_emb) + b for r, b in zip(requests, budgets))
+        llm_cap = max(len(r.ids_llm) + b for r, b in zip(requests, budgets))
+        if self._caches is None or not all(
+            c.fits(len(requests), cap, self.model.dtype) for c, cap in zip(self._caches, (emb_cap, llm_cap))
+        ):
+            self._caches = None  # free the old allocation before making the new one
+            round_up = lambda n: -(-n // 256) * 256  # noqa: E731 - fewer reallocations across requests
+            self._caches = self.model.new_caches(len(requests), round_up(emb_cap), round_up(llm_cap))
+        for c in self._caches:
+            c.reset()
+        return self._caches
+
+    def _generate_events(self, requests, budgets, params: SamplingParams, start: float, results: list):
+        emb_cache, llm_cache = self._caches_for(requests, budgets)
+        items = [PrefillItem(r.ids_llm, r.ids_emb, slot) for slot, r in enumerate(requests)]
+        pixels = [r.pixel_values for r in requests if r.pixel_values is not None]
+        logits = self.model.prefill(items, torch.cat(pixels) if pixels else None, emb_cache, llm_cache)
+        selector = _Selector(self.model.ops, params, requests, logits.shape[-1], logits.device)
+        texts = [SequenceText(self.tokenizer.decode, params.stop) for _ in requests]
+        finish = [None] * len(requests)
+        active = list(range(len(requests)))
+        tokens = selector(logits, active)
+        ttft = time.perf_counter() - start
+        decoded, t_first = 0, time.perf_counter()
+        while True:
+            for slot, tok in zip(active, tokens.tolist()):
+                finish[slot] = self._advance(texts[slot], tok, budgets[slot])
+                yield from ((slot, d) for d in [texts[slot].delta(finish[slot] is not None)] if d)
+            active = [s for s in active if finish[s] is None]
+            if not active:
+                break
+            logits = self.model.decode(
+                tokens[[i for i, s in enumerate(selector.rows) if s in active]],
+                active,
+                emb_cache,
+                llm_cache,
+                self.hd_decode,
+            )
+            tokens = selector(logits, active)
+            decoded += len(active)
+        done = time.perf_counter()
+        for r, t, f in zip(requests, texts, finish):
+            timing = Timings(r.preprocess_s, ttft, done - t_first, decoded, done - start)
+            ids = t.ids[:-1] if f == "stop" and t.ids[-1] == self.tokenizer.im_end_id else t.ids
+            results.append(GenerationResult(t.final_text(), ids, len(r.ids_llm), f, r.tiles, timing))
+
+    def _advance(self, text: SequenceText, token: int, budget: int) -> str | None:
+        if token == self.tokenizer.im_end_id:
+            return "stop"
+        if text.add(token):
+            return "stop"
+        return "length" if len(text.ids) >= budget else None
+
+
+class _Selector:
+    """Repetition penalty + sampling for the rows of the sequences still running."""
+
+    def __init__(self, ops, params: SamplingParams, requests: list[Request], vocab: int, device: torch.device):
+        self.ops, self.params, self.rows = ops, params, []
+        n = len(requests)
+        self.generators = [params.generator() for _ in requests]
+        self.seen = None
+        if params.repetition_penalty != 1.0:
+            self.seen = torch.zeros(n, vocab, dtype=torch.bool, device=device)
+            for i, r in enumerate(requests):
+                self.seen[i, torch.tensor(r.ids_llm, device=device)] = True
+
+    def __call__(self, logits: torch.Tensor, active: list[int]) -> torch.Tensor:
+        p, b = self.params, len(active)
+        self.rows = list(active)
+        ops = self.ops
+        if self.seen is not None:
+            penalty = torch.full((b,), p.repetition_penalty, device=logits.device)
+            logits = ops.repetition_penalty(logits, self.seen[active], penalty)
+        full = lambda v, dt: torch.full((b,), v, dtype=dt, device=logits.device)  # noqa: E731
+        tokens = ops.sample(
+            logits,
+            full(p.temperature, torch.float32),
+            full(p.top_k, torch.int64),
+            full(p.top_p, torch.float32),
+            [self.generators[s] for s in active],
+        )
+        if self.seen is not None:
+            self.seen[active, tokens] = True
+        return tokens
+
+
+def _check_tokenizer(cfg: HoVLEConfig, tok: Tokenizer) -> None:
+    from .errors import TokenizerError
+
+    if tok.img_context_id != cfg.embedding.img_context_token_id:
+        raise TokenizerError(
+            f"tokenizer files give <IMG_CONTEXT> id {tok.img_context_id} but config.json says "
+            f"img_context_token_id {cfg.embedding.img_context_token_id}"
+        )
+    if tok.vocab_size > cfg.llm.vocab_size:
+        raise TokenizerError(f"tokenizer has {tok.vocab_size} ids but the model's vocabulary is {cfg.llm.vocab_size}")
+
+
+def _split_images(images: Any, single: bool, n: int) -> list[list]:
+    if single:
+        return [[] if images is None else (list(images) if isinstance(images, (list, tuple)) else [images])]
+    if images is None:
+        return [[] for _ in range(n)]
+    if not isinstance(images, (list, tuple)) or len(images) != n:
+        raise InputError(f"with {n} prompts, images must be None or a list of {n} entries (None, an image or a list)")
+    return [_split_images(x, True, 1)[0] for x in images]
+
+
+def _place_images(messages: list[dict], n_images: int) -> list[dict]:
+    """Adds the `<image>` placeholders the authors' chat() adds when the text has none; checks the count."""
+    if not isinstance(messages, list) or not all(isinstance(m, dict) and "content" in m for m in messages):
+        raise InputError("messages must be a list of {'role': ..., 'content': ...} dicts")
+    found = sum(str(m["content"]).count("<image>") for m in messages)
+    if found == n_images:
+        return messages
+    if found:
+        raise InputError(f"the messages hold {found} <image> placeholders but {n_images} images were given")
+    first = next((i for i, m in enumerate(messages) if m.get("role") == "user"), None)
+    if first is None:
+        raise InputError("messages need at least one user turn")
+    placed = dict(messages[first], content=ensure_image_placeholders(messages[first]["content"], n_images))
+    return messages[:first] + [placed] + messages[first + 1 :]
