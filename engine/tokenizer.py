@@ -1,0 +1,330 @@
+"""InternLM2 tokenizer (SentencePiece + added tokens), the "internlm2-chat" prompt, and image placeholders.
+
+Matches the slow HF InternLM2Tokenizer used by HoVLE: the text is split on every special/added token string,
+those map straight to their ids, every other chunk is encoded on its own by SentencePiece, BOS is prepended.
+Every special id is read from the checkpoint's files, so the same code serves the released 92553-token
+vocabulary and the tiny one written by `write_tokenizer_files` for tests.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2 as sp_pb2
+
+from engine.errors import InputError, TokenizerError
+
+TOKENIZER_FILES = ("tokenizer.model", "added_tokens.json", "tokenizer_config.json", "special_tokens_map.json")
+IMAGE_PLACEHOLDER = "<image>"
+IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
+# Order of the released files: the chat specials are the last six SentencePiece pieces, the image/grounding
+# tokens follow the SentencePiece vocabulary in added_tokens.json.
+CHAT_SPECIALS = ("<|plugin|>", "<|interpreter|>", "<|action_end|>", "<|action_start|>", "<|im_end|>", "<|im_start|>")
+ADDED_TOKENS = (IMG_START, IMG_END, IMG_CONTEXT, "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>")
+DEFAULT_CORPUS = Path(__file__).parent / "data" / "corpus.txt"
+# InternLM2-like SentencePiece settings (BPE, byte fallback, digits split, dummy prefix, no pad piece); one
+# thread, no shuffling and no sentence sampling make two runs byte-identical.
+_SP_FLAGS = (
+    "model_type=bpe byte_fallback=true split_digits=true add_dummy_prefix=true remove_extra_whitespaces=false"
+    " normalization_rule_name=identity allow_whitespace_only_pieces=true character_coverage=0.9995 unk_id=0 bos_id=1"
+    " eos_id=2 pad_id=-1 num_threads=1 shuffle_input_sentence=false input_sentence_size=0 minloglevel=2"
+)
+# HF's clean_up_tokenization, which InternLM2Tokenizer runs on every decode, in its order: " X" -> "X" for each
+# X, except " ' " -> "'".
+_CLEANUPS = (".", "?", "!", ",", "' ", "n't", "'m", "'s", "'ve", "'re")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TokenizerError(f"{path}: cannot read tokenizer file as JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise TokenizerError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _load_sp(path: Path) -> spm.SentencePieceProcessor:
+    try:
+        return spm.SentencePieceProcessor(model_proto=path.read_bytes())
+    except (OSError, RuntimeError, TypeError) as exc:
+        raise TokenizerError(f"{path}: not a valid SentencePiece model ({exc})") from exc
+
+
+def _content(value) -> str | None:
+    """A token field is a plain string, an AddedToken dict ({"content": ...}) or null."""
+    return value.get("content") if isinstance(value, dict) else value
+
+
+def _check_added(path: Path, added: dict, sp: spm.SentencePieceProcessor) -> dict[str, int]:
+    size = sp.get_piece_size()
+    for token, idx in added.items():
+        if type(idx) is not int:
+            raise TokenizerError(f"{path}: id of {token!r} must be an integer, got {idx!r}")
+        if idx < size:
+            raise TokenizerError(f"{path}: {token!r} id {idx} collides with SentencePiece {sp.id_to_piece(idx)!r}")
+        if sp.piece_to_id(token) != sp.unk_id():
+            raise TokenizerError(f"{path}: {token!r} is already SentencePiece piece {sp.piece_to_id(token)}")
+    if sorted(added.values()) != list(range(size, size + len(added))):
+        raise TokenizerError(f"{path}: ids must run contiguously from {size} (SentencePiece size), got {added}")
+    return dict(added)
+
+
+class Tokenizer:
+    """SentencePiece pieces 0..sp_size-1 followed by the added tokens sp_size..vocab_size-1."""
+
+    def __init__(self, path: str | os.PathLike, clean_up_spaces: bool = True):
+        root = self._root = Path(path)
+        missing = [name for name in TOKENIZER_FILES if not (root / name).is_file()]
+        if missing:
+            raise TokenizerError(f"{root}: missing tokenizer file(s): {', '.join(missing)}")
+        self._sp = _load_sp(root / "tokenizer.model")
+        self.sp_size = self._sp.get_piece_size()
+        self._added = _check_added(root / "added_tokens.json", _read_json(root / "added_tokens.json"), self._sp)
+        self._id_to_added = {idx: token for token, idx in self._added.items()}
+        self.vocab_size = self.sp_size + len(self._added)
+        self.clean_up_spaces = clean_up_spaces
+        config = _read_json(root / "tokenizer_config.json")
+        self.add_bos_token = bool(config.get("add_bos_token", True))
+        self.add_eos_token = bool(config.get("add_eos_token", False))
+        self._check_decoder(config.get("added_tokens_decoder", {}))
+        self._resolve_specials(config, _read_json(root / "special_tokens_map.json"))
+
+    @classmethod
+    def from_dir(cls, path: str | os.PathLike, clean_up_spaces: bool = True) -> Tokenizer:
+        """Load tokenizer.model, added_tokens.json, tokenizer_config.json and special_tokens_map.json."""
+        return cls(path, clean_up_spaces)
+
+    def _check_decoder(self, decoder: dict) -> None:
+        where = self._root / "tokenizer_config.json"
+        for key, entry in decoder.items():
+            if not key.isdigit():
+                raise TokenizerError(f"{where}: added_tokens_decoder key {key!r} is not a token id")
+            idx = int(key)
+            actual = self._id_to_added.get(idx) if idx >= self.sp_size else self._sp.id_to_piece(idx)
+            if actual != _content(entry):
+                raise TokenizerError(f"{where}: added_tokens_decoder[{key!r}] = {entry!r}, vocab has {actual!r}")
+
+    def _resolve_specials(self, config: dict, special_map: dict) -> None:
+        keys = ("bos_token", "eos_token", "unk_token", "pad_token")
+        names = {key: _content(config.get(key)) or _content(special_map.get(key)) for key in keys}
+        self.bos_id, self.eos_id, self.unk_id, self.pad_id = (self._file_id(names[k], k) for k in keys)
+        extra = (special_map.get("additional_special_tokens") or []) + (config.get("additional_special_tokens") or [])
+        specials = {_content(t) for t in [*names.values(), *extra, *config.get("added_tokens_decoder", {}).values()]}
+        specials = (specials - {None}) | set(self._added)
+        self._special_to_id = {t: self._file_id(t, "additional_special_tokens") for t in specials}
+        self.special_ids = frozenset(self._special_to_id.values())
+        # Longest first so a token never loses to a shorter one sharing its start; the capture group keeps the
+        # matched specials in re.split's output, at the odd positions.
+        ordered = sorted(specials, key=lambda t: (-len(t), t))
+        self._split_re = re.compile("(" + "|".join(map(re.escape, ordered)) + ")")
+
+    def _file_id(self, token: str | None, key: str) -> int | None:
+        where = f"{self._root}: {key} (tokenizer_config.json / special_tokens_map.json)"
+        if token is None and key == "pad_token":
+            return None  # InternLM2 sets pad = eos, but inference never needs a pad token
+        if token is None:
+            raise TokenizerError(f"{where} is not set")
+        try:
+            return self.token_id(token)
+        except TokenizerError as exc:
+            raise TokenizerError(f"{where}: {exc}") from exc
+
+    def token_id(self, text: str) -> int:
+        """Id of one token string (an added token or a SentencePiece piece)."""
+        if text in self._added:
+            return self._added[text]
+        idx = self._sp.piece_to_id(text) if isinstance(text, str) else self._sp.unk_id()
+        if idx == self._sp.unk_id() and self._sp.id_to_piece(idx) != text:
+            raise TokenizerError(f"token {text!r} is not in the vocabulary")
+        return idx
+
+    def id_to_token(self, idx: int) -> str:
+        return self._id_to_added[idx] if idx >= self.sp_size else self._sp.id_to_piece(idx)
+
+    im_start_id = property(lambda self: self.token_id("<|im_start|>"))
+    im_end_id = property(lambda self: self.token_id("<|im_end|>"))
+    img_start_id = property(lambda self: self.token_id(IMG_START))
+    img_end_id = property(lambda self: self.token_id(IMG_END))
+    img_context_id = property(lambda self: self.token_id(IMG_CONTEXT))
+
+    def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
+        """Token ids of `text`; add_bos=None follows add_bos_token of tokenizer_config.json (true for InternLM2)."""
+        if not isinstance(text, str):
+            raise InputError(f"text to encode must be a str, got {type(text).__name__}")
+        ids = [self.bos_id] if (self.add_bos_token if add_bos is None else add_bos) else []
+        # re.split with one capture group alternates plain chunk / matched special, starting with a chunk.
+        for i, chunk in enumerate(self._split_re.split(text)):
+            if i % 2:
+                ids.append(self._special_to_id[chunk])
+            elif chunk:
+                ids.extend(self._sp.encode(chunk))
+        if self.add_eos_token:
+            ids.append(self.eos_id)
+        return ids
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        """Text of `ids`; kept special and added tokens are written out as their token strings."""
+        parts, run = [], []
+        for idx in map(int, ids):
+            if not 0 <= idx < self.vocab_size:
+                raise InputError(f"token id {idx} is outside the vocabulary [0, {self.vocab_size})")
+            if idx in self.special_ids and skip_special_tokens:
+                continue
+            if idx in self.special_ids or idx >= self.sp_size:
+                parts += [self._sp.decode(run), self.id_to_token(idx)]
+                run = []
+            else:
+                run.append(idx)
+        text = "".join(parts) + self._sp.decode(run)
+        if self.clean_up_spaces:
+            for token in _CLEANUPS:
+                text = text.replace(" " + token, token.rstrip())
+        return text
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """A conversation.py template in MPT style: system + sep, then role + message + sep per turn."""
+
+    name: str
+    system_template: str
+    system_message: str
+    user_role: str
+    assistant_role: str
+    sep: str
+
+
+_TEMPLATES = {
+    "internlm2-chat": ChatTemplate(
+        name="internlm2-chat",
+        system_template="<|im_start|>system\n{system_message}",
+        system_message="你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，"
+        "英文名叫InternVL, 是一个有用无害的人工智能助手。",
+        user_role="<|im_start|>user\n",
+        assistant_role="<|im_start|>assistant\n",
+        sep="<|im_end|>",
+    ),
+}
+
+
+def get_template(name: str) -> ChatTemplate:
+    if name not in _TEMPLATES:
+        raise TokenizerError(f"unknown chat template {name!r}; supported: {', '.join(sorted(_TEMPLATES))}")
+    return _TEMPLATES[name]
+
+
+def build_prompt(template: ChatTemplate, messages: list[dict], system_message: str | None = None) -> str:
+    """Prompt text for alternating user/assistant `messages` (ending with user), left open for the assistant."""
+    if not messages:
+        raise InputError("messages is empty; it must end with a user turn")
+    system = template.system_message if system_message is None else system_message
+    out = [template.system_template.format(system_message=system), template.sep]
+    for i, message in enumerate(messages):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if not isinstance(message, dict) or message.get("role") != expected:
+            raise InputError(f"messages[{i}] must be {{'role': {expected!r}, ...}} (user first, then alternating)")
+        content = message.get("content")
+        if not isinstance(content, str) or not content:
+            raise InputError(f"messages[{i}] content must be a non-empty str, got {content!r}")
+        out += [template.user_role if expected == "user" else template.assistant_role, content, template.sep]
+    if len(messages) % 2 == 0:
+        raise InputError("messages must end with a user turn, but the last one is from the assistant")
+    return "".join(out) + template.assistant_role
+
+
+def ensure_image_placeholders(question: str, n_images: int) -> str:
+    """chat() rule: with images and no "<image>" in the question, put one "<image>\\n" per image in front."""
+    count = question.count(IMAGE_PLACEHOLDER)
+    if n_images < 0:
+        raise InputError(f"n_images must be >= 0, got {n_images}")
+    if count == n_images:
+        return question
+    if count == 0:
+        return (IMAGE_PLACEHOLDER + "\n") * n_images + question
+    raise InputError(f"question has {count} '<image>' placeholders for {n_images} image(s); use 0 or {n_images}")
+
+
+def expand_image_placeholders(prompt: str, tiles_per_image: list[int], tokens_per_tile: int) -> str:
+    """Replace the i-th "<image>" with <img> + <IMG_CONTEXT> x (tokens_per_tile * tiles_per_image[i]) + </img>."""
+    parts = prompt.split(IMAGE_PLACEHOLDER)
+    if len(parts) - 1 != len(tiles_per_image):
+        raise InputError(f"prompt has {len(parts) - 1} '<image>' placeholders for {len(tiles_per_image)} image(s)")
+    if type(tokens_per_tile) is not int or tokens_per_tile <= 0:
+        raise InputError(f"tokens_per_tile must be a positive int, got {tokens_per_tile!r}")
+    out = [parts[0]]
+    for i, (tiles, rest) in enumerate(zip(tiles_per_image, parts[1:], strict=True)):
+        if type(tiles) is not int or tiles <= 0:
+            raise InputError(f"tiles_per_image[{i}] must be a positive int, got {tiles!r}")
+        out += [IMG_START, IMG_CONTEXT * (tokens_per_tile * tiles), IMG_END, rest]
+    return "".join(out)
+
+
+def _train_sp(corpus: Path, n_pieces: int) -> bytes:
+    lines = [line for line in corpus.read_text(encoding="utf-8").splitlines() if line.strip()]
+    buf, flags = io.BytesIO(), dict(flag.split("=") for flag in _SP_FLAGS.split())
+    try:
+        spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=buf, vocab_size=n_pieces, **flags)
+    except RuntimeError as exc:
+        raise TokenizerError(f"{corpus}: SentencePiece training failed ({exc})") from exc
+    model = sp_pb2.ModelProto()
+    model.ParseFromString(buf.getvalue())
+    for token in CHAT_SPECIALS:  # as in InternLM2: user-defined pieces at the top of the SentencePiece vocab
+        model.pieces.add(piece=token, score=0.0, type=sp_pb2.ModelProto.SentencePiece.USER_DEFINED)
+    model.trainer_spec.vocab_size = len(model.pieces)
+    return model.SerializeToString(deterministic=True)
+
+
+def _token_files(sp_size: int) -> dict[str, dict]:
+    control = {0: "<unk>", 1: "<s>", 2: "</s>"}
+    chat = {sp_size - len(CHAT_SPECIALS) + i: t for i, t in enumerate(CHAT_SPECIALS)}
+    added = {t: sp_size + i for i, t in enumerate(ADDED_TOKENS)}
+    flags = {"lstrip": False, "normalized": False, "rstrip": False, "single_word": False, "special": True}
+    by_id = {**control, **chat, **{i: t for t, i in added.items()}}
+    decoder = {str(i): {"content": t, **flags} for i, t in by_id.items()}
+    extra = [*reversed(CHAT_SPECIALS), *ADDED_TOKENS]
+    names = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "</s>", "unk_token": "<unk>"}
+    config = {
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "added_tokens_decoder": decoder,
+        "additional_special_tokens": extra,
+        "auto_map": {"AutoTokenizer": ["tokenization_internlm2.InternLM2Tokenizer", None]},
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": 8192,
+        "tokenizer_class": "InternLM2Tokenizer",
+        **names,
+    }
+    special_map = {"additional_special_tokens": extra, **names}
+    return {"added_tokens.json": added, "tokenizer_config.json": config, "special_tokens_map.json": special_map}
+
+
+def write_tokenizer_files(dst_dir: str | os.PathLike, corpus_path=None, vocab_size: int = 2048) -> Tokenizer:
+    """Train a tiny InternLM2-layout tokenizer (vocab_size SentencePiece pieces incl. the six chat specials,
+    then the nine added tokens) into dst_dir. Files are built and loaded in a temp dir first, so a failure
+    leaves dst_dir untouched."""
+    corpus = Path(corpus_path) if corpus_path is not None else DEFAULT_CORPUS
+    model = _train_sp(corpus, vocab_size - len(CHAT_SPECIALS))
+    files = {n: json.dumps(d, ensure_ascii=False, indent=2).encode() for n, d in _token_files(vocab_size).items()}
+    files["tokenizer.model"] = model
+    dst = Path(dst_dir)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp", dir=dst.parent))
+    try:
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        Tokenizer.from_dir(tmp)
+        dst.mkdir(exist_ok=True)
+        for name in files:
+            os.replace(tmp / name, dst / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return Tokenizer.from_dir(dst)

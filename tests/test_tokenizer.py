@@ -1,0 +1,300 @@
+"""Tokenizer, chat prompt and image placeholders, checked on the tiny tokenizer in the released InternLM2 layout.
+
+Expected ids and strings are read from the written JSON files or spelled out here, never taken from the module.
+"""
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import sentencepiece as spm
+
+from engine.errors import InputError, TokenizerError
+from engine.tokenizer import (
+    Tokenizer,
+    build_prompt,
+    ensure_image_placeholders,
+    expand_image_placeholders,
+    get_template,
+    write_tokenizer_files,
+)
+
+SYS = "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。"
+CHAT = ["<|plugin|>", "<|interpreter|>", "<|action_end|>", "<|action_start|>", "<|im_end|>", "<|im_start|>"]
+ADDED = ["<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>"]
+FILES = ["tokenizer.model", "added_tokens.json", "tokenizer_config.json", "special_tokens_map.json"]
+TEXTS = [
+    "A red bicycle leans against a brick wall.",
+    "  leading and  double spaces, trailing too ",
+    "Counting: 12 cups, 3 bowls and 1024 plates\non three shelves\n\nand a tab\there",
+    "图片的中间有一辆红色的自行车。",
+    "rare symbols fall back to bytes: 🙂 ☃ ∑ Ω",
+]
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tokenizer") / "tiny"
+    write_tokenizer_files(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tok(tok_dir) -> Tokenizer:
+    return Tokenizer.from_dir(tok_dir)
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _broken_copy(tok_dir: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(tok_dir, tmp_path / "broken"))
+
+
+def test_special_ids_come_from_the_files(tok, tok_dir):
+    sp = spm.SentencePieceProcessor(model_file=str(tok_dir / "tokenizer.model"))
+    size = sp.get_piece_size()
+    assert [sp.id_to_piece(i) for i in range(size - 6, size)] == CHAT
+    added = _json(tok_dir / "added_tokens.json")
+    assert added == {t: size + i for i, t in enumerate(ADDED)}
+    config = _json(tok_dir / "tokenizer_config.json")
+    by_content = {entry["content"]: int(key) for key, entry in config["added_tokens_decoder"].items()}
+    assert {tok.token_id(t) for t in by_content} == set(by_content.values())
+    assert all(tok.token_id(t) == i for t, i in by_content.items())
+    assert (tok.bos_id, tok.eos_id, tok.unk_id) == (by_content["<s>"], by_content["</s>"], by_content["<unk>"])
+    assert tok.pad_id == by_content[config["pad_token"]]
+    assert (tok.im_start_id, tok.im_end_id) == (sp.piece_to_id("<|im_start|>"), sp.piece_to_id("<|im_end|>"))
+    assert (tok.img_start_id, tok.img_end_id, tok.img_context_id) == (
+        added["<img>"],
+        added["</img>"],
+        added["<IMG_CONTEXT>"],
+    )
+    extra = _json(tok_dir / "special_tokens_map.json")["additional_special_tokens"]
+    assert sorted(extra) == sorted(CHAT + ADDED)
+    assert tok.special_ids == frozenset(by_content.values())
+    assert tok.vocab_size == size + len(ADDED) == max(added.values()) + 1
+    with pytest.raises(TokenizerError, match="<not-a-token>"):
+        tok.token_id("<not-a-token>")
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_round_trip(tok, text):
+    ids = tok.encode(text)
+    assert ids[0] == tok.bos_id and tok.bos_id not in ids[1:]
+    assert tok.decode(ids) == text
+
+
+def _reference_encode(tok_dir: Path, text: str) -> list[int]:
+    """Independent slow-tokenizer model: scan left to right, take the longest special string starting here."""
+    sp = spm.SentencePieceProcessor(model_file=str(tok_dir / "tokenizer.model"))
+    config = _json(tok_dir / "tokenizer_config.json")
+    specials = {e["content"]: int(k) for k, e in config["added_tokens_decoder"].items()}
+    ids, chunk, pos = [sp.piece_to_id(config["bos_token"])], "", 0
+    while pos < len(text):
+        hits = [s for s in specials if text.startswith(s, pos)]
+        if not hits:
+            chunk, pos = chunk + text[pos], pos + 1
+            continue
+        best = max(hits, key=len)
+        ids += (sp.encode(chunk) if chunk else []) + [specials[best]]
+        chunk, pos = "", pos + len(best)
+    return ids + (sp.encode(chunk) if chunk else [])
+
+
+@pytest.mark.parametrize(
+    "text",
+    TEXTS
+    + [
+        "<|im_start|>user\n<img><IMG_CONTEXT><IMG_CONTEXT></img>\nWhat is it?<|im_end|><|im_start|>assistant\n",
+        "literal <s> and </s> and <unk> are specials too",
+        "half tokens <im <|im_end <IMG_CONTEXT <box>x</box><ref>a cat</ref><quad></quad>",
+        "<|plugin|><|interpreter|><|action_start|>call<|action_end|>",
+    ],
+)
+def test_encode_matches_independent_split(tok, tok_dir, text):
+    assert tok.encode(text) == _reference_encode(tok_dir, text)
+
+
+def test_img_context_run_is_exact_and_fast(tok):
+    text = "look: <img>" + "<IMG_CONTEXT>" * 5000 + "</img>\nok"
+    start = time.perf_counter()
+    ids = tok.encode(text, add_bos=False)
+    elapsed = time.perf_counter() - start
+    first = ids.index(tok.img_start_id)
+    assert ids[first + 1 : first + 5001] == [tok.img_context_id] * 5000
+    assert ids[first + 5001] == tok.img_end_id
+    assert ids.count(tok.img_context_id) == 5000
+    assert elapsed < 1.0, f"encoding 5000 <IMG_CONTEXT> took {elapsed:.3f} s"
+
+
+def test_single_image_prompt_string(tok):
+    question = ensure_image_placeholders("What is in the picture?", 1)
+    prompt = build_prompt(get_template("internlm2-chat"), [{"role": "user", "content": question}])
+    expected = (
+        "<|im_start|>system\n" + SYS + "<|im_end|><|im_start|>user\n<image>\nWhat is in the picture?"
+        "<|im_end|><|im_start|>assistant\n"
+    )
+    assert prompt == expected
+    ids = tok.encode(expand_image_placeholders(prompt, [2], 256))
+    assert ids[:2] == [tok.bos_id, tok.im_start_id]
+    assert ids.count(tok.img_context_id) == 512 and ids.count(tok.im_end_id) == 2
+    assert tok.decode(ids, skip_special_tokens=False) == "<s>" + expand_image_placeholders(prompt, [2], 256)
+
+
+def test_multi_turn_prompt_and_system_override():
+    messages = [
+        {"role": "user", "content": "<image>\nDescribe it."},
+        {"role": "assistant", "content": "A cat on a sill."},
+        {"role": "user", "content": "What colour is it?"},
+    ]
+    prompt = build_prompt(get_template("internlm2-chat"), messages, system_message="Be brief.")
+    assert prompt == (
+        "<|im_start|>system\nBe brief.<|im_end|>"
+        "<|im_start|>user\n<image>\nDescribe it.<|im_end|>"
+        "<|im_start|>assistant\nA cat on a sill.<|im_end|>"
+        "<|im_start|>user\nWhat colour is it?<|im_end|>"
+        "<|im_start|>assistant\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [],
+        [{"role": "assistant", "content": "hi"}],
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+        [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
+        [{"role": "user", "content": ""}],
+        ["just a string"],
+    ],
+)
+def test_bad_messages_raise(messages):
+    with pytest.raises(InputError):
+        build_prompt(get_template("internlm2-chat"), messages)
+    with pytest.raises(TokenizerError, match="internlm2-chat"):  # the error lists the supported templates
+        get_template("vicuna")
+
+
+def test_decode_skips_specials(tok):
+    ids = tok.encode("<|im_start|>assistant\nA red ball, two cups.<|im_end|><img><IMG_CONTEXT></img>")
+    assert tok.decode(ids) == "assistant\nA red ball, two cups."
+    kept = tok.decode(ids, skip_special_tokens=False)
+    assert kept == "<s><|im_start|>assistant\nA red ball, two cups.<|im_end|><img><IMG_CONTEXT></img>"
+    with pytest.raises(InputError, match="outside the vocabulary"):
+        tok.decode([tok.vocab_size])
+
+
+def test_decode_cleans_up_spaces_like_hf(tok_dir):
+    text = "It is red . Is it ? Yes ! Cups , bowls ; I 'm sure it 's one they 've got , we 're told . do n't rock ' n"
+    want = "It is red. Is it? Yes! Cups, bowls ; I'm sure it's one they've got, we're told. don't rock'n"
+    assert Tokenizer.from_dir(tok_dir).decode(Tokenizer.from_dir(tok_dir).encode(text)) == want
+    raw = Tokenizer.from_dir(tok_dir, clean_up_spaces=False)
+    assert raw.decode(raw.encode(text)) == text
+
+
+def test_ensure_image_placeholders():
+    assert ensure_image_placeholders("q", 1) == "<image>\nq"
+    assert ensure_image_placeholders("q", 2) == "<image>\n<image>\nq"
+    assert ensure_image_placeholders("q", 0) == "q"
+    assert ensure_image_placeholders("a <image> b", 1) == "a <image> b"
+    with pytest.raises(InputError, match="2"):
+        ensure_image_placeholders("<image> <image>", 3)
+    with pytest.raises(InputError):
+        ensure_image_placeholders("<image>", 0)
+
+
+def test_expand_image_placeholders_counts():
+    out = expand_image_placeholders("A <image> and B <image>.", [3, 1], 4)
+    assert "<image>" not in out
+    assert out == "A <img>" + "<IMG_CONTEXT>" * 12 + "</img> and B <img>" + "<IMG_CONTEXT>" * 4 + "</img>."
+    hd = expand_image_placeholders("<image>\nq", [7], 1024)
+    assert hd.count("<IMG_CONTEXT>") == 7 * 1024 and hd.endswith("</img>\nq")
+    bad = [("<image><image>", [1], 256), ("none", [1], 256), ("<image>", [], 256), ("<image>", [0], 256)]
+    for prompt, tiles, per_tile in bad + [("<image>", [1], 0)]:
+        with pytest.raises(InputError):
+            expand_image_placeholders(prompt, tiles, per_tile)
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_missing_file_is_named(tok_dir, tmp_path, name):
+    broken = _broken_copy(tok_dir, tmp_path)
+    (broken / name).unlink()
+    with pytest.raises(TokenizerError, match=name.replace(".", r"\.")):
+        Tokenizer.from_dir(broken)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda base: "{not json",
+        lambda base: '["<img>"]',
+        lambda base: json.dumps({t: 5 + i for i, t in enumerate(ADDED)}),  # collides with SentencePiece pieces
+        lambda base: json.dumps({t: base + 2 * i for i, t in enumerate(ADDED)}),  # not contiguous
+        lambda base: json.dumps({t: str(base + i) for i, t in enumerate(ADDED)}),  # ids are not integers
+        lambda base: json.dumps({"<|im_end|>": base}),  # already a SentencePiece piece
+    ],
+)
+def test_corrupt_added_tokens_raise(tok_dir, tmp_path, make):
+    broken = _broken_copy(tok_dir, tmp_path)
+    base = min(_json(tok_dir / "added_tokens.json").values())
+    (broken / "added_tokens.json").write_text(make(base), encoding="utf-8")
+    with pytest.raises(TokenizerError, match=r"added_tokens\.json"):
+        Tokenizer.from_dir(broken)
+
+
+def test_corrupt_config_and_model_raise(tok_dir, tmp_path):
+    broken = _broken_copy(tok_dir, tmp_path)
+    config = _json(broken / "tokenizer_config.json")
+    ctx_id = _json(tok_dir / "added_tokens.json")["<IMG_CONTEXT>"]
+    config["added_tokens_decoder"][str(ctx_id)]["content"] = "<IMAGE_CTX>"
+    (broken / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    with pytest.raises(TokenizerError, match=r"tokenizer_config\.json"):
+        Tokenizer.from_dir(broken)
+    shutil.copy(tok_dir / "tokenizer_config.json", broken / "tokenizer_config.json")
+    (broken / "special_tokens_map.json").write_text(json.dumps({"additional_special_tokens": ["<nope>"]}))
+    with pytest.raises(TokenizerError, match="<nope>"):
+        Tokenizer.from_dir(broken)
+    (broken / "tokenizer.model").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(TokenizerError, match=r"tokenizer\.model"):
+        Tokenizer.from_dir(broken)
+
+
+def test_retraining_is_byte_identical(tok_dir, tmp_path):
+    again = tmp_path / "again"
+    start = time.perf_counter()
+    write_tokenizer_files(again)
+    assert time.perf_counter() - start < 5.0
+    for name in FILES:
+        assert (again / name).read_bytes() == (tok_dir / name).read_bytes(), name
+
+
+def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
+    with pytest.raises(TokenizerError, match="(?i)vocab"):
+        write_tokenizer_files(tmp_path / "too_small", vocab_size=100)
+
+    def refuse(path, clean_up_spaces=True):
+        assert (Path(path) / "tokenizer.model").is_file()  # the files were written somewhere before the check
+        raise TokenizerError("refused on purpose")
+
+    monkeypatch.setattr(Tokenizer, "from_dir", staticmethod(refuse))
+    with pytest.raises(TokenizerError, match="on purpose"):
+        write_tokenizer_files(tmp_path / "late_failure")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_longest_special_wins(tok_dir, tmp_path):
+    # "<img" is a prefix of "<img>": the split must take the longer token, as HF's trie does.
+    extended = _broken_copy(tok_dir, tmp_path)
+    added = _json(tok_dir / "added_tokens.json")
+    new_id = max(added.values()) + 1
+    (extended / "added_tokens.json").write_text(json.dumps({**added, "<img": new_id}), encoding="utf-8")
+    config = _json(tok_dir / "tokenizer_config.json")
+    config["added_tokens_decoder"][str(new_id)] = {"content": "<img", "special": True}
+    (extended / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    tok = Tokenizer.from_dir(extended)
+    text = "<img<img><IMG_CONTEXT></img><img"
+    assert tok.encode(text, add_bos=False) == [new_id, added["<img>"], added["<IMG_CONTEXT>"], added["</img>"], new_id]
+    assert tok.encode(text) == _reference_encode(extended, text)
