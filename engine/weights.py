@@ -1,0 +1,298 @@
+"""Checkpoint loading: the released tensor layout (spec §5), strict header validation, streaming load.
+
+Every shard header (8-byte little-endian length, then JSON) is checked against the layout derived from config.json
+before any tensor byte is read, so a truncated last shard fails at once, not after gigabytes of reads. Loading goes
+shard by shard through memory-mapped `safe_open`, one tensor at a time: two full copies of the model never coexist.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from .config import HoVLEConfig, StackConfig
+from .errors import WeightsError
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2}
+MAX_HEADER_BYTES = 100_000_000  # safetensors' own cap; the real shards' headers are a few kB
+PROGRESS_AUTO_BYTES = 1 << 30
+# Present in the release and validated, but never read: CLS is unused at inference (§2.1) and the multimodal
+# path embeds text with embedding_model.llm_text_embeddings, not the LLM's own table (§2.3).
+UNUSED_TENSORS = frozenset(
+    {"embedding_model.vision_embeddings.class_embedding", "language_model.model.tok_embeddings.weight"}
+)
+_SHOWN = 10  # names listed in one error message before "... and N more"
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor as its shard header describes it; begin/end are absolute byte offsets in `file`."""
+
+    name: str
+    file: Path
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.begin
+
+
+def _layer_shapes(prefix: str, s: StackConfig) -> dict[str, tuple[int, ...]]:
+    c, i = s.hidden_size, s.intermediate_size
+    per_layer = {
+        "attention.wqkv.weight": (s.qkv_size, c),  # (H + 2*Hkv) * D rows, grouped per kv head (§4.2)
+        "attention.wo.weight": (c, s.num_heads * s.head_dim),
+        "feed_forward.w1.weight": (i, c),
+        "feed_forward.w3.weight": (i, c),
+        "feed_forward.w2.weight": (c, i),
+        "attention_norm.weight": (c,),
+        "ffn_norm.weight": (c,),
+    }
+    return {f"{prefix}.{n}.{key}": shape for n in range(s.num_layers) for key, shape in per_layer.items()}
+
+
+def expected_tensors(cfg: HoVLEConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor name of the released checkpoint with its shape, derived from the config (spec §5.2)."""
+    e, llm = cfg.embedding, cfg.llm
+    c, p, c_llm, v = e.stack.hidden_size, e.patch_size, llm.stack.hidden_size, llm.vocab_size
+    grid = e.image_size // p  # position table is trained for image_size, whatever force_image_size says
+    merged = round(c / e.downsample_ratio**2)  # the pixel shuffle folds (1/ratio)^2 patches into channels
+    vis = "embedding_model.vision_embeddings."
+    return {
+        vis + "patch_embedding.weight": (c, e.num_channels, p, p),
+        vis + "patch_embedding.bias": (c,),
+        vis + "position_embedding": (1, grid * grid + 1, c),
+        vis + "class_embedding": (1, 1, c),
+        "embedding_model.llm_text_embeddings.weight": (e.llm_vocab_size, c),
+        **_layer_shapes("embedding_model.encoder", e.stack),
+        "embedding_model.pixel_shuffle_proj.0.weight": (c_llm, merged),
+        "embedding_model.pixel_shuffle_proj.0.bias": (c_llm,),
+        "embedding_model.pixel_shuffle_proj.2.weight": (c_llm, c_llm),
+        "embedding_model.pixel_shuffle_proj.2.bias": (c_llm,),
+        "language_model.model.tok_embeddings.weight": (v, c_llm),
+        **_layer_shapes("language_model.model.layers", llm.stack),
+        "language_model.model.norm.weight": (c_llm,),
+        "language_model.output.weight": (v, c_llm),
+    }
+
+
+def _read_index(index: Path) -> dict[str, Path]:
+    """weight_map of the index as tensor name -> shard path; every named shard must exist."""
+    try:
+        raw = json.loads(index.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WeightsError(f"{index}: not valid JSON ({exc})") from None
+    weight_map = raw.get("weight_map") if isinstance(raw, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise WeightsError(f"{index}: expected an object with a non-empty 'weight_map' of tensor name -> file")
+    out = {}
+    for name, fname in weight_map.items():
+        if not isinstance(fname, str) or Path(fname).name != fname or fname in ("", ".", ".."):
+            raise WeightsError(f"{index}: weight_map maps tensor {name!r} to {fname!r}; expected a plain file name")
+        out[name] = index.parent / fname
+        if not out[name].is_file():
+            raise WeightsError(f"{index}: weight_map maps tensor {name!r} to {out[name]}, which does not exist")
+    return out
+
+
+def _locate(path: str | Path) -> tuple[list[Path], dict[str, Path] | None]:
+    root = Path(path)
+    if (root / INDEX_FILE).is_file():
+        weight_map = _read_index(root / INDEX_FILE)
+        return sorted(set(weight_map.values())), weight_map
+    if (root / SINGLE_FILE).is_file():
+        return [root / SINGLE_FILE], None
+    raise WeightsError(f"{root}: no {INDEX_FILE} or {SINGLE_FILE} found (is this a checkpoint directory?)")
+
+
+def checkpoint_files(path: str | Path) -> list[Path]:
+    """The safetensors files of a checkpoint directory: the shards its index names, or model.safetensors."""
+    return _locate(path)[0]
+
+
+def _read_raw_header(file: Path, size: int) -> tuple[dict, int]:
+    with open(file, "rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        if n > MAX_HEADER_BYTES or 8 + n > size:  # also catches files shorter than the 8-byte length
+            limit = f"at most {MAX_HEADER_BYTES} and within the file"
+            raise WeightsError(f"{file}: corrupt or TRUNCATED header: length {n} bytes ({limit}, {size} bytes)")
+        raw = fh.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WeightsError(f"{file}: corrupt header, not valid JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise WeightsError(f"{file}: corrupt header, expected a JSON object, got {type(header).__name__}")
+    header.pop("__metadata__", None)
+    return header, 8 + n
+
+
+def _is_int_list(x: object, length: int | None = None) -> bool:
+    ok = isinstance(x, list) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in x)
+    return ok and (length is None or len(x) == length)
+
+
+def _tensor_info(name: str, entry: object, file: Path, data_start: int) -> TensorInfo:
+    ok = isinstance(entry, dict) and _is_int_list(entry.get("shape")) and _is_int_list(entry.get("data_offsets"), 2)
+    if not ok:
+        raise WeightsError(f"{file}: corrupt header entry for tensor {name!r}: {entry!r}")
+    dtype, shape, (begin, end) = entry.get("dtype"), tuple(entry["shape"]), entry["data_offsets"]
+    if dtype not in ITEMSIZE:
+        raise WeightsError(f"tensor {name!r} in {file}: dtype {dtype!r}; expected one of {sorted(ITEMSIZE)}")
+    nbytes = math.prod(shape) * ITEMSIZE[dtype]
+    if end - begin != nbytes:
+        raise WeightsError(
+            f"tensor {name!r} in {file}: data_offsets [{begin}, {end}] span {end - begin} bytes, but shape "
+            f"{list(shape)} x {dtype} needs {nbytes}"
+        )
+    return TensorInfo(name, file, dtype, shape, data_start + begin, data_start + end)
+
+
+def _check_extents(infos: list[TensorInfo], file: Path, size: int) -> None:
+    prev = None
+    for info in sorted(infos, key=lambda i: (i.begin, i.end)):
+        if info.end > size:
+            raise WeightsError(
+                f"tensor {info.name!r} in {file}: TRUNCATED: its data ends at byte {info.end}, file has {size} bytes"
+            )
+        if prev is not None and info.begin < prev.end:
+            raise WeightsError(f"{file}: data of tensors {prev.name!r} and {info.name!r} overlap")
+        prev = info if info.nbytes else prev
+
+
+def read_header(file: str | Path) -> dict[str, TensorInfo]:
+    """Parse and check one shard's header without touching tensor data."""
+    file = Path(file)
+    if not file.is_file():
+        raise WeightsError(f"{file}: not found or not a regular file")
+    size = os.stat(file).st_size
+    header, data_start = _read_raw_header(file, size)
+    infos = {name: _tensor_info(name, entry, file, data_start) for name, entry in header.items()}
+    _check_extents(list(infos.values()), file, size)
+    return infos
+
+
+def _check_index(found: dict[str, TensorInfo], weight_map: dict[str, Path], index: Path) -> None:
+    for name, file in weight_map.items():
+        if name not in found or found[name].file != file:
+            raise WeightsError(f"{index}: weight_map puts tensor {name!r} in {file}, but that file's header lacks it")
+    for name, info in found.items():
+        if name not in weight_map:
+            raise WeightsError(f"tensor {name!r} in {info.file} is not listed in the weight_map of {index}")
+
+
+def _listing(items: list[str]) -> str:
+    more = f" ... and {len(items) - _SHOWN} more" if len(items) > _SHOWN else ""
+    return "; ".join(items[:_SHOWN]) + more
+
+
+def _check_names(found: dict[str, TensorInfo], expected: dict[str, tuple[int, ...]], files: list[Path]) -> None:
+    missing = [name for name in expected if name not in found]
+    if missing:
+        searched = ", ".join(str(f) for f in files)
+        raise WeightsError(f"{len(missing)} tensor(s) missing: {_listing(missing)} (searched {searched})")
+    unexpected = [f"{name!r} in {info.file}" for name, info in found.items() if name not in expected]
+    if unexpected:
+        raise WeightsError(f"{len(unexpected)} unexpected tensor(s): {_listing(unexpected)}")
+    wrong = [
+        f"{name!r} in {info.file}: shape {list(info.shape)}, expected {list(expected[name])}"
+        for name, info in found.items()
+        if info.shape != expected[name]
+    ]
+    if wrong:
+        raise WeightsError(f"{len(wrong)} tensor(s) with the wrong shape: {_listing(wrong)}")
+
+
+def validate_checkpoint(path: str | Path, cfg: HoVLEConfig) -> dict[str, TensorInfo]:
+    """Check every shard header and the name/shape set against `cfg`; reads no tensor data."""
+    files, weight_map = _locate(path)
+    found: dict[str, TensorInfo] = {}
+    for file in files:
+        for name, info in read_header(file).items():
+            if name in found:
+                raise WeightsError(f"tensor {name!r} appears in both {found[name].file} and {file}")
+            found[name] = info
+    if weight_map is not None:
+        _check_index(found, weight_map, Path(path) / INDEX_FILE)
+    _check_names(found, expected_tensors(cfg), files)
+    return found
+
+
+class _Progress:
+    """A one-line byte counter on stderr: bar, GB done / total, MB/s."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.start, self.last = total, 0, time.perf_counter(), 0.0
+
+    def update(self, nbytes: int) -> None:
+        self.done, now = self.done + nbytes, time.perf_counter()
+        if now - self.last < 0.1 and self.done < self.total:
+            return  # redraw at most 10 times a second
+        self.last, filled = now, int(30 * self.done / max(self.total, 1))
+        bar, rate = "#" * filled + "." * (30 - filled), self.done / max(now - self.start, 1e-9) / 1e6
+        sys.stderr.write(f"\rloading weights [{bar}] {self.done / 1e9:.2f}/{self.total / 1e9:.2f} GB {rate:.0f} MB/s")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def _load_file(file: Path, infos: list[TensorInfo], out: dict, dtype, device, bar: _Progress | None) -> None:
+    current = None
+    try:
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            for info in sorted(infos, key=lambda i: i.begin):  # file order: sequential reads of the mapping
+                current = info.name
+                out[info.name] = f.get_tensor(info.name).to(device=device, dtype=dtype)
+                if bar is not None:
+                    bar.update(info.nbytes)
+    except Exception as exc:
+        what = f"reading tensor {current!r}" if current else "opening the file"
+        raise WeightsError(f"{file}: {what} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def load_weights(
+    path: str | Path,
+    cfg: HoVLEConfig,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    progress: bool | None = None,
+) -> dict[str, torch.Tensor]:
+    """Validate every shard, then read all tensors except UNUSED_TENSORS, cast to `dtype` on `device`.
+
+    progress: None shows a bar on stderr when more than 1 GiB is read and stderr is a TTY; True/False force it.
+    With dtype float32 on the CPU the tensors stay zero-copy views of the shards' private (copy-on-write) mappings:
+    replace checkpoint files by rename (as write_checkpoint does), never truncate them in place while loaded.
+    """
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype={dtype!r}: expected a floating-point torch.dtype")
+    wanted = [info for info in validate_checkpoint(path, cfg).values() if info.name not in UNUSED_TENSORS]
+    total = sum(info.nbytes for info in wanted)
+    show = progress if progress is not None else total > PROGRESS_AUTO_BYTES and sys.stderr.isatty()
+    bar = _Progress(total) if show else None
+    out: dict[str, torch.Tensor] = {}
+    try:
+        for file in dict.fromkeys(info.file for info in wanted):
+            _load_file(file, [i for i in wanted if i.file == file], out, dtype, device, bar)
+    except BaseException:
+        out.clear()  # drop what was read so far: nothing half-built escapes
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    return out
