@@ -249,6 +249,12 @@ class _Selector:
             for i, r in enumerate(requests):
                 self.seen[i, torch.tensor(r.ids_llm, device=device)] = True
 
+    def _uniform(self, active: list[int]) -> torch.Tensor:
+        """One draw per running row from that request's own generator (zeros when greedy: unused)."""
+        draws = [float(torch.rand((), generator=self.generators[s], dtype=torch.float64)) if self.generators[s]
+                 else 0.0 for s in active]  # fmt: skip
+        return torch.tensor(draws, dtype=torch.float32)
+
     def __call__(self, logits: torch.Tensor, active: list[int]) -> torch.Tensor:
         p, b = self.params, len(active)
         self.rows = list(active)
@@ -262,7 +268,7 @@ class _Selector:
             full(p.temperature, torch.float32),
             full(p.top_k, torch.int64),
             full(p.top_p, torch.float32),
-            [self.generators[s] for s in active],
+            self._uniform(active).to(logits.device),
         )
         if self.seen is not None:
             self.seen[active, tokens] = True

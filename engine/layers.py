@@ -135,12 +135,12 @@ class DecoderStack:
         q = qkv[:, : self.q_size].view(t, -1, d)  # (T, Hq, D), a strided view
         k = qkv[:, self.q_size : self.q_size + self.kv_size].view(t, -1, d)  # (T, Hkv, D)
         v = qkv[:, self.q_size + self.kv_size :].view(t, -1, d)  # (T, Hkv, D)
-        q, k = self.ops.rotary(q, k, b.cos, b.sin)
         k_cache, v_cache = cache.k[i], cache.v[i]
+        # RoPE is applied inside the store (k) and the attention (q): no separate rotary pass over q and k.
         if b.store:
-            self.ops.kv_store(k, v, k_cache, v_cache, b.token_slots, b.token_pos)
+            self.ops.kv_store(k, v, k_cache, v_cache, b.token_slots, b.token_pos, b.cos, b.sin)
         if b.decode:
-            o = self.ops.decode_attention(q, k_cache, v_cache, b.kv_lens, b.slots)
+            o = self.ops.decode_attention(q, k_cache, v_cache, b.kv_lens, b.slots, None, b.cos, b.sin)
         else:
-            o = self.ops.attention(q, k_cache, v_cache, b.cu_seqlens, b.prefix_lens, b.slots)
+            o = self.ops.attention(q, k_cache, v_cache, b.cu_seqlens, b.prefix_lens, b.slots, None, b.cos, b.sin)
         return F.linear(o.reshape(t, self.q_size), layer.wo)  # (T, Hq, D) -> (T, Hq D)

@@ -5,13 +5,16 @@ causally to k_cache/v_cache[slots[b], :, 0 : prefix_lens[b] + i + 1] (its prefix
 itself). The step's keys must already be stored (kv_store) before the call.
 
 q: (T, Hq, D); k_cache, v_cache: (N_slots, Hkv, S_max, D); cu_seqlens: (B+1,) int; prefix_lens, slots: (B,) int.
-Query head h uses kv head h // (Hq/Hkv). Softmax in fp32. Returns (T, Hq, D) in q's dtype.
+Query head h uses kv head h // (Hq/Hkv). Softmax in fp32.
+With cos, sin given (rows matching q's), q is rotated on load (rotate-half RoPE). Returns (T, Hq, D) in q's dtype.
 """
 
 import math
 
 import torch
 import torch.nn.functional as F
+
+from .rotary import rotate_ref
 
 _QUERY_CHUNK = 1024  # bounds the (Hq, chunk, keys) score matrix the reference materialises
 
@@ -32,7 +35,11 @@ def attention_ref(
     prefix_lens: torch.Tensor,
     slots: torch.Tensor,
     scale: float | None = None,
+    cos: torch.Tensor | None = None,
+    sin: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    if cos is not None:
+        q = rotate_ref(q, cos, sin)
     hq, d = q.shape[1], q.shape[2]
     rep = hq // k_cache.shape[1]
     scale = 1.0 / math.sqrt(d) if scale is None else scale
@@ -59,7 +66,11 @@ def attention_torch(
     prefix_lens: torch.Tensor,
     slots: torch.Tensor,
     scale: float | None = None,
+    cos: torch.Tensor | None = None,
+    sin: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    if cos is not None:
+        q = rotate_ref(q, cos, sin)
     """Same contract as attention_ref, through torch's fused scaled_dot_product_attention (the "torch" backend)."""
     out = torch.empty_like(q)
     bounds, prefixes, slot_list = cu_seqlens.tolist(), prefix_lens.tolist(), slots.tolist()

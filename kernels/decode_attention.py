@@ -2,13 +2,16 @@
 
 q: (B, Hq, D); k_cache, v_cache: (N_slots, Hkv, S_max, D); seq_lens, slots: (B,) int. Sequence b attends to
 cache[slots[b], :, 0 : seq_lens[b]] (no causal mask needed: every cached key is in its past). Query head h uses
-kv head h // (Hq/Hkv). Softmax in fp32. Returns (B, Hq, D) in q's dtype.
+kv head h // (Hq/Hkv). Softmax in fp32.
+With cos, sin given (rows matching q's), q is rotated on load (rotate-half RoPE). Returns (B, Hq, D) in q's dtype.
 """
 
 import math
 
 import torch
 import torch.nn.functional as F
+
+from .rotary import rotate_ref
 
 
 def decode_attention_ref(
@@ -18,7 +21,11 @@ def decode_attention_ref(
     seq_lens: torch.Tensor,
     slots: torch.Tensor,
     scale: float | None = None,
+    cos: torch.Tensor | None = None,
+    sin: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    if cos is not None:
+        q = rotate_ref(q, cos, sin)
     b, hq, d = q.shape
     hkv = k_cache.shape[1]
     scale = 1.0 / math.sqrt(d) if scale is None else scale
@@ -40,7 +47,11 @@ def decode_attention_torch(
     seq_lens: torch.Tensor,
     slots: torch.Tensor,
     scale: float | None = None,
+    cos: torch.Tensor | None = None,
+    sin: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    if cos is not None:
+        q = rotate_ref(q, cos, sin)
     """Same contract as decode_attention_ref, through torch's fused scaled_dot_product_attention."""
     b = q.shape[0]
     lens = seq_lens.tolist()

@@ -6,6 +6,8 @@ goes to cache[token_slots[t], :, token_pos[t]].
 
 import torch
 
+from .rotary import rotate_ref
+
 
 def kv_store_ref(
     k: torch.Tensor,
@@ -14,7 +16,11 @@ def kv_store_ref(
     v_cache: torch.Tensor,
     token_slots: torch.Tensor,
     token_pos: torch.Tensor,
+    cos: torch.Tensor | None = None,
+    sin: torch.Tensor | None = None,
 ) -> None:
+    if cos is not None:
+        k = rotate_ref(k, cos, sin)
     # Advanced indices on dims 0 and 2 around a slice: the indexed view is (T, Hkv, D), matching k and v.
     k_cache[token_slots, :, token_pos] = k.to(k_cache.dtype)
     v_cache[token_slots, :, token_pos] = v.to(v_cache.dtype)

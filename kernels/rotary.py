@@ -3,7 +3,8 @@
     q' = q * cos + rotate_half(q) * sin,   rotate_half(x) = concat(-x[D/2:], x[:D/2])
 
 q: (T, Hq, D), k: (T, Hkv, D); cos, sin: (T, D) per-token tables (concat(freqs, freqs)), already in the
-activation dtype as the reference casts them. Returns new (q', k').
+activation dtype as the reference casts them. Returns new (q', k'). The attention, decode-attention and KV-store
+ops take the same cos/sin as optional arguments and rotate on the fly, so the engine needs no separate pass.
 """
 
 import torch
@@ -14,11 +15,14 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def rotate_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """One tensor (T, H, D) rotated by per-token tables (T, D); fp32 math, cast back."""
+    c, s = cos.float()[:, None, :], sin.float()[:, None, :]  # (T, 1, D): broadcast over heads
+    xf = x.float()
+    return (xf * c + _rotate_half(xf) * s).to(x.dtype)
+
+
 def rotary_ref(
     q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    c, s = cos.float()[:, None, :], sin.float()[:, None, :]  # (T, 1, D): broadcast over heads
-    qf, kf = q.float(), k.float()
-    q_out = qf * c + _rotate_half(qf) * s
-    k_out = kf * c + _rotate_half(kf) * s
-    return q_out.to(q.dtype), k_out.to(k.dtype)
+    return rotate_ref(q, cos, sin), rotate_ref(k, cos, sin)

@@ -3,8 +3,9 @@
 logits: (B, V) fp32. Per-row parameters are (B,) tensors so one call serves a batch of requests with different
 settings: temperature (0 = greedy), top_k (0 = off), top_p (1 = off), penalty (1 = off) applied to the tokens
 marked in seen (B, V) bool, the way Hugging Face does it (positive logits divided, negative multiplied).
-Sampling draws one uniform number per row from that row's own generator, so a seeded request gives the same
-tokens alone or inside a batch.
+The random draw is an input: uniform (B,) in [0, 1), one per row, turned into a token by inverse-CDF over the
+filtered distribution sorted by descending probability. The caller draws it from each request's own generator,
+so a seeded request gives the same tokens alone or inside a batch, and the op itself never syncs with the host.
 """
 
 import torch
@@ -35,20 +36,18 @@ def sample_ref(
     temperature: torch.Tensor,
     top_k: torch.Tensor,
     top_p: torch.Tensor,
-    generators: list[torch.Generator | None],
+    uniform: torch.Tensor,
 ) -> torch.Tensor:
     out = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)
-    temps, ks, ps = temperature.tolist(), top_k.tolist(), top_p.tolist()
+    temps, ks, ps, us = temperature.tolist(), top_k.tolist(), top_p.tolist(), uniform.tolist()
     for b in range(logits.shape[0]):
         if temps[b] <= 0:
             out[b] = torch.argmax(logits[b])
             continue
         probs, ids = _filtered_probs(logits[b].float(), temps[b], int(ks[b]), ps[b])
-        u = torch.rand((), generator=generators[b], device="cpu", dtype=torch.float64).item()
         cdf = torch.cumsum(probs.double(), dim=-1)
-        idx = min(
-            int(torch.searchsorted(cdf, torch.tensor([u * float(cdf[-1])], dtype=torch.float64)).item()),
-            probs.numel() - 1,
-        )
-        out[b] = ids[idx]
+        target = torch.tensor([us[b] * float(cdf[-1])], dtype=torch.float64, device=cdf.device)
+        # First token whose cumulative mass exceeds the draw; zero-probability tokens can never be chosen.
+        idx = int(torch.searchsorted(cdf, target, right=True).item())
+        out[b] = ids[min(idx, probs.numel() - 1)]
     return out

@@ -1,0 +1,116 @@
+"""Shared benchmark harness: timing, the device's measured peaks, and result rows with provenance.
+
+Every row carries the device name, torch/triton versions, git commit and date, and is appended to
+benchmarks/results/<file>.jsonl. Speeds are reported as GB/s or TFLOP/s plus the fraction of the peak measured
+in the same run (device-to-device copy bandwidth, bf16 matmul rate), never as bare milliseconds alone.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT))
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()  # fmt: skip
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except OSError:
+        return "unknown"
+
+
+def provenance() -> dict:
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return {
+        "device": device,
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "commit": git_commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def bench_ms(fn, warmup: int = 10, rep: int = 50) -> float:
+    """Median milliseconds of fn() on the GPU (CUDA events via triton.testing.do_bench), warm-up excluded."""
+    from triton.testing import do_bench
+
+    return float(do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
+
+
+_PEAKS: dict[str, float] = {}
+
+
+def measured_peaks() -> dict[str, float]:
+    """Device-to-device copy bandwidth (GB/s, bytes read + written) and dense bf16 matmul rate (TFLOP/s)."""
+    if not _PEAKS:
+        n = 1 << 30  # 1 GiB each way: far beyond L2
+        src = torch.empty(n, dtype=torch.uint8, device="cuda")
+        dst = torch.empty_like(src)
+        ms = bench_ms(lambda: dst.copy_(src), warmup=5, rep=40)
+        _PEAKS["copy_gbps"] = 2 * n / ms / 1e6
+        del src, dst
+        a = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
+        b = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
+        ms = bench_ms(lambda: a @ b, warmup=5, rep=40)
+        _PEAKS["bf16_tflops"] = 2 * 8192**3 / ms / 1e9
+    return dict(_PEAKS)
+
+
+def row(
+    op: str,
+    shape: str,
+    dtype: torch.dtype | str,
+    provider: str,
+    ms: float,
+    *,
+    nbytes: float | None = None,
+    flops: float | None = None,
+    **extra,
+) -> dict:
+    """A result row; gbps/tflops and peak_frac come from bytes or flops moved per call."""
+    peaks = measured_peaks()
+    r = {"op": op, "shape": shape, "dtype": str(dtype).replace("torch.", ""), "provider": provider, "ms": ms}
+    if nbytes is not None:
+        r["gbps"] = nbytes / ms / 1e6
+        r["peak_frac"] = r["gbps"] / peaks["copy_gbps"]
+    if flops is not None:
+        r["tflops"] = flops / ms / 1e9
+        r["peak_frac"] = r["tflops"] / peaks["bf16_tflops"]
+    r.update(peaks)
+    r.update(extra)
+    r.update(provenance())
+    return r
+
+
+def append_rows(rows: list[dict], file: str = "kernels.jsonl") -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS / file, "a", encoding="utf-8") as fh:
+        for r in rows:
+            fh.write(json.dumps(r) + "\n")
+            print(json.dumps(r), flush=True)
+
+
+def compiled(fn):
+    """torch.compile of a reference function, or None where compile is unavailable."""
+    try:
+        return torch.compile(fn, dynamic=False)
+    except Exception as exc:  # noqa: BLE001 - compile support varies by platform; report and skip
+        print(f"torch.compile unavailable: {exc}", file=sys.stderr)
+        return None

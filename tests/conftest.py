@@ -1,0 +1,21 @@
+"""Test setup. Nothing touches CUDA at import time.
+
+Without a GPU, Triton kernels run on the CPU through Triton's interpreter: TRITON_INTERPRET must be set before
+triton is first imported, so it is set here, at collection, when no CUDA device is visible.
+"""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def kernel_device() -> str:
+    """Where Triton kernel tests run: the GPU when there is one, else the CPU through the interpreter."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
