@@ -1,0 +1,300 @@
+"""Image loading and HoVLE/InternVL dynamic-tiling preprocessing (spec section 7).
+
+Pipeline, bit-identical to the authors' README path `Image.open(f).convert("RGB")` -> `dynamic_preprocess` ->
+torchvision `Resize((448, 448)) + ToTensor + Normalize`, without depending on torchvision:
+
+    load_image   any supported source -> PIL RGB image (W, H)
+    choose_grid  (W, H) -> (cols, rows), the reference aspect-ratio scan
+    tile_image   resize to (S*cols, S*rows) with PIL bicubic, cut cols*rows SxS tiles row-major, + thumbnail
+    to_pixel_values  tiles -> (n, 3, S, S) float32, ((x / 255) - mean) / std per channel
+    preprocess   all of the above -> ImageInput
+
+EXIF orientation is deliberately NOT applied: the reference does not call ImageOps.exif_transpose, so a rotated
+phone photo must reach the model exactly as the reference feeds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import os
+import threading
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from engine.errors import ImageError
+
+# Pillow's default warning threshold (Image.MAX_IMAGE_PIXELS): larger images are almost always decompression
+# bombs, or scans that tile to the same 12 tiles as a smaller copy would.
+DEFAULT_MAX_PIXELS = 89_478_485
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_BICUBIC = Image.Resampling.BICUBIC  # the reference calls resize() without a filter, which means BICUBIC for RGB
+_CHANNELS = (1, 3, 4)
+# Integer modes wider than 8 bits. PIL's convert("RGB") clips them at 255, which turns any 16-bit photo
+# white; we keep the 8 most significant bits instead (value >> 8). "I" (int32) is how Pillow represents
+# 16-bit grey data from some formats, so it gets the same rule after clipping to [0, 65535].
+_WIDE_INT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+_TRUNCATION_LOCK = threading.Lock()
+
+
+@dataclass
+class ImageInput:
+    """One preprocessed image: pixel_values (num_tiles, 3, S, S) float32, grid (cols, rows), size (W, H)."""
+
+    pixel_values: torch.Tensor
+    grid: tuple[int, int]
+    num_tiles: int
+    size: tuple[int, int]
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def load_image(src, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Return `src` as a new PIL image in mode RGB.
+
+    src: PIL image, str / os.PathLike path, bytes / bytearray (an encoded file), numpy uint8 array (H, W),
+    (H, W, 1), (H, W, 3) or (H, W, 4), or torch uint8 tensor in those layouts or (C, H, W) with C in {1, 3, 4}
+    (taken as CHW only when the last dim is not itself 1, 3 or 4). Alpha is dropped, not composited, as
+    PIL's convert("RGB") does. Images with more than `max_pixels` pixels are rejected before decoding; encoded
+    files are also held to Pillow's own Image.MAX_IMAGE_PIXELS, so raising max_pixels past it needs both.
+    """
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise ImageError(f"max_pixels must be a positive int, got {max_pixels!r}")
+    if isinstance(src, Image.Image):
+        return _decode(src, "PIL image", max_pixels)
+    if isinstance(src, (str, os.PathLike)):
+        path = os.fspath(src)
+        with _open(path, f"image file {path!r}") as img:
+            return _decode(img, f"image file {path!r}", max_pixels)
+    if isinstance(src, (bytes, bytearray)):
+        label = f"image bytes ({len(src)} bytes)"
+        with _open(io.BytesIO(bytes(src)), label) as img:
+            return _decode(img, label, max_pixels)
+    if isinstance(src, np.ndarray):
+        return _from_array(src, "numpy array", max_pixels)
+    if isinstance(src, torch.Tensor):
+        return _from_tensor(src, max_pixels)
+    raise ImageError(
+        f"unsupported image type {type(src).__name__}; expected a PIL image, a path, encoded bytes, "
+        "a numpy uint8 array or a torch uint8 tensor"
+    )
+
+
+def _open(fp, label: str) -> Image.Image:
+    # Image.open only parses the header, so the size is known here before any pixel is decoded. Pillow checks its
+    # own bomb limit in here and only warns below 2x; the filter (process-wide, like warnings itself) makes it raise.
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(fp)
+    except FileNotFoundError as e:
+        raise ImageError(f"{label} not found: no such file") from e
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"{label} exceeds Pillow's decompression-bomb limit: {e}") from e
+    except UnidentifiedImageError as e:
+        raise ImageError(f"{label} is not a readable image: unknown format or corrupt header") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{label} could not be opened as an image: {e}") from e
+
+
+def _decode(img: Image.Image, label: str, max_pixels: int) -> Image.Image:
+    _check_size(img.width, img.height, label, max_pixels)
+    try:
+        with _strict_truncation():
+            img.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageError(f"{label} could not be decoded (corrupt or truncated data): {e}") from e
+    return _to_rgb(img, label)
+
+
+@contextlib.contextmanager
+def _strict_truncation():
+    # Pillow reads this module global while decoding; if any library set it True, a truncated file would load
+    # as a partly blank image and silently change the answer. Force it off for our decode, restore afterwards.
+    with _TRUNCATION_LOCK:
+        saved = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+        try:
+            yield
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = saved
+
+
+def _check_size(width: int, height: int, label: str, max_pixels: int) -> None:
+    if width < 1 or height < 1:
+        raise ImageError(f"{label} is empty ({width}x{height} pixels); expected width and height >= 1")
+    if width * height > max_pixels:
+        raise ImageError(
+            f"{label} is {width}x{height} = {width * height} pixels, above the limit max_pixels={max_pixels} "
+            "(decompression-bomb guard); pass a larger max_pixels if the image is genuine"
+        )
+
+
+def _to_rgb(img: Image.Image, label: str) -> Image.Image:
+    if img.mode in _WIDE_INT_MODES:
+        grey = np.asarray(img).astype(np.int64)  # (H, W); int64 so int32 "I" data clips instead of wrapping
+        grey8 = (np.clip(grey, 0, 65535) >> 8).astype(np.uint8)
+        return Image.fromarray(np.repeat(grey8[:, :, None], 3, axis=2))  # (H, W) -> (H, W, 3)
+    try:
+        # Same call as the reference, so every standard mode (incl. "F": clip to [0, 255], truncate) matches.
+        return img.convert("RGB")
+    except ValueError as e:
+        raise ImageError(f"{label} has mode {img.mode!r}, which cannot be converted to RGB: {e}") from e
+
+
+def _from_array(arr: np.ndarray, label: str, max_pixels: int) -> Image.Image:
+    if arr.dtype != np.uint8:
+        raise ImageError(f"{label} has dtype {arr.dtype}; expected uint8 with values 0..255")
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]  # (H, W, 1) -> (H, W)
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
+        raise ImageError(f"{label} has shape {tuple(arr.shape)}; expected (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)")
+    _check_size(arr.shape[1], arr.shape[0], label, max_pixels)
+    # fromarray maps (H, W) -> "L", (H, W, 3) -> "RGB", (H, W, 4) -> "RGBA"; convert copies so the caller's
+    # buffer is never shared with the result.
+    return Image.fromarray(np.ascontiguousarray(arr)).convert("RGB")
+
+
+def _from_tensor(t: torch.Tensor, max_pixels: int) -> Image.Image:
+    if t.dtype != torch.uint8:
+        raise ImageError(f"torch tensor has dtype {t.dtype}; expected torch.uint8 with values 0..255")
+    if t.ndim == 3 and t.shape[0] in _CHANNELS and t.shape[-1] not in _CHANNELS:
+        t = t.permute(1, 2, 0)  # (C, H, W) -> (H, W, C)
+    return _from_array(t.detach().cpu().numpy(), "torch tensor", max_pixels)
+
+
+# ----------------------------------------------------------------------------------------------- tiling
+
+
+def _check_tiling_args(min_num: int, max_num: int, image_size: int) -> None:
+    for name, value in (("min_num", min_num), ("max_num", max_num), ("image_size", image_size)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ImageError(f"{name} must be an int, got {value!r}")
+    if min_num < 1 or max_num < min_num:
+        raise ImageError(f"need 1 <= min_num <= max_num, got min_num={min_num}, max_num={max_num}")
+    if image_size < 1:
+        raise ImageError(f"image_size must be >= 1, got {image_size}")
+
+
+@functools.lru_cache(maxsize=64)
+def _candidate_grids(min_num: int, max_num: int) -> tuple[tuple[int, int], ...]:
+    # The reference's expression (as a set comprehension, which inserts in the same order), set and all: among
+    # equal products the scan order is CPython's set iteration order, which only the same insertions reproduce.
+    target_ratios = {
+        (i, j)
+        for n in range(min_num, max_num + 1)
+        for i in range(1, n + 1)
+        for j in range(1, n + 1)
+        if i * j <= max_num and i * j >= min_num
+    }
+    return tuple(sorted(target_ratios, key=lambda x: x[0] * x[1]))
+
+
+def choose_grid(width: int, height: int, *, min_num: int, max_num: int, image_size: int) -> tuple[int, int]:
+    """Return the (cols, rows) tile grid the reference picks for a width x height image."""
+    _check_tiling_args(min_num, max_num, image_size)
+    if width < 1 or height < 1:
+        raise ImageError(f"image size must be at least 1x1, got {width}x{height}")
+    aspect = width / height
+    area = width * height
+    best_diff, best = float("inf"), (1, 1)
+    for i, j in _candidate_grids(min_num, max_num):
+        diff = abs(aspect - i / j)
+        if diff < best_diff:
+            best_diff, best = diff, (i, j)
+        elif diff == best_diff and area > 0.5 * image_size * image_size * i * j:
+            # Exact tie (e.g. 2:1 -> (2, 1) vs (4, 2)): take the bigger grid only if the image has the pixels.
+            best = (i, j)
+    return best
+
+
+def _cut_tiles(img: Image.Image, grid: tuple[int, int], image_size: int, use_thumbnail: bool) -> list[Image.Image]:
+    cols, rows = grid
+    resized = img.resize((image_size * cols, image_size * rows), _BICUBIC)
+    tiles = []
+    for k in range(cols * rows):
+        x, y = (k % cols) * image_size, (k // cols) * image_size
+        tiles.append(resized.crop((x, y, x + image_size, y + image_size)))
+    if use_thumbnail and cols * rows != 1:
+        tiles.append(img.resize((image_size, image_size), _BICUBIC))
+    return tiles
+
+
+def _require_rgb(img, what: str) -> None:
+    if not isinstance(img, Image.Image) or img.mode != "RGB":
+        got = f"mode {img.mode!r}" if isinstance(img, Image.Image) else type(img).__name__
+        raise ImageError(f"{what} must be a PIL image in mode 'RGB' (use load_image), got {got}")
+
+
+def tile_image(
+    img: Image.Image, *, min_num: int, max_num: int, image_size: int, use_thumbnail: bool
+) -> list[Image.Image]:
+    """Cut an RGB image into the reference's dynamic tiles (row-major), plus a thumbnail when there are 2+."""
+    _require_rgb(img, "tile_image input")
+    grid = choose_grid(img.width, img.height, min_num=min_num, max_num=max_num, image_size=image_size)
+    return _cut_tiles(img, grid, image_size, use_thumbnail)
+
+
+# ----------------------------------------------------------------------------------------------- tensors
+
+
+def to_pixel_values(tiles: list[Image.Image]) -> torch.Tensor:
+    """Stack equally sized RGB tiles into normalised float32 pixels of shape (n, 3, S, S).
+
+    Same op sequence as torchvision ToTensor + Normalize (uint8 -> float32, div 255, sub mean, div std, all
+    float32 on the CPU); these are elementwise IEEE ops, so batching the tiles changes no bit.
+    """
+    if len(tiles) == 0:
+        raise ImageError("to_pixel_values needs at least one tile, got none")
+    for k, tile in enumerate(tiles):
+        _require_rgb(tile, f"tile {k}")
+        if tile.size != tiles[0].size:
+            raise ImageError(
+                f"tile {k} is {tile.size[0]}x{tile.size[1]}, expected {tiles[0].size[0]}x{tiles[0].size[1]} like tile 0"
+            )
+    hwc = torch.from_numpy(np.stack([np.asarray(t) for t in tiles]))  # (n, S, S, 3) uint8
+    chw = hwc.permute(0, 3, 1, 2).contiguous()  # (n, S, S, 3) -> (n, 3, S, S)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)  # (3,) -> (3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)  # (3,) -> (3, 1, 1)
+    return chw.to(torch.float32).div(255).sub_(mean).div_(std)
+
+
+def preprocess(
+    src,
+    *,
+    image_size: int = 448,
+    max_num: int = 12,
+    min_num: int = 1,
+    use_thumbnail: bool = True,
+    dynamic: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> ImageInput:
+    """Load `src` (anything load_image takes) and turn it into model-ready tiles.
+
+    dynamic=False gives one tile, the whole image resized to image_size x image_size (same as max_num=1).
+    """
+    _check_tiling_args(min_num, max_num, image_size)
+    img = load_image(src, max_pixels=max_pixels)
+    grid = (1, 1)
+    if dynamic:
+        grid = choose_grid(img.width, img.height, min_num=min_num, max_num=max_num, image_size=image_size)
+    pixel_values = to_pixel_values(_cut_tiles(img, grid, image_size, use_thumbnail))
+    return ImageInput(pixel_values=pixel_values, grid=grid, num_tiles=pixel_values.shape[0], size=img.size)
+
+
+def preprocess_many(images, **kwargs) -> list[ImageInput]:
+    """preprocess() each image in order; an error names the index of the image that caused it."""
+    out = []
+    for k, src in enumerate(images):
+        try:
+            out.append(preprocess(src, **kwargs))
+        except ImageError as e:
+            raise ImageError(f"image {k}: {e}") from e
+    return out
