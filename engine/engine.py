@@ -100,7 +100,9 @@ class Engine:
         _check_tokenizer(cfg, tokenizer)
         ops = get_ops(backend, device.type)
         model = HoVLEModel(cfg, load_weights(path, cfg, dtype=dtype, device=device, progress=progress), ops)
-        limit = max_context or cfg.llm.stack.rope.max_position_embeddings
+        rope = cfg.llm.stack.rope
+        # The scaled RoPE variants exist to run past max_position_embeddings, by their factor.
+        limit = max_context or int(rope.max_position_embeddings * (rope.factor if rope.scaling else 1))
         if not isinstance(limit, int) or limit < 2:
             raise InputError(f"max_context = {limit!r}; expected an integer >= 2")
         return cls(cfg, tokenizer, model, hd_decode, limit)

@@ -1,0 +1,189 @@
+"""Engine behaviour on the CPU: KV-cache decode vs recomputation, batching, streaming, sampling, chat, bad input."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from engine import Engine, InputError
+from engine.model import PrefillItem
+from tests.ckpt import make_checkpoint, noise_image
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("engine_ckpts")
+
+
+@pytest.fixture(scope="module")
+def engine(root):
+    return Engine.from_pretrained(make_checkpoint(root, "pre"), device="cpu", dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def hd_engine(root):
+    return Engine.from_pretrained(make_checkpoint(root, "post", "hovle-hd"), device="cpu", dtype=torch.float32)
+
+
+def _full_logits(eng, ids_llm, ids_emb, pixels):
+    emb, llm = eng.model.new_caches(1, len(ids_emb), len(ids_llm))
+    return eng.model.prefill([PrefillItem(ids_llm, ids_emb, 0)], pixels, emb, llm)[0]
+
+
+@pytest.mark.parametrize("which", ["engine", "hd_engine"])
+def test_cached_decode_equals_full_recomputation_every_step(which, request):
+    eng = request.getfixturevalue(which)
+    req = eng.prepare([{"role": "user", "content": "Describe."}], [noise_image(120, 60, 1)], 3)
+    steps = 12
+    emb, llm = eng.model.new_caches(1, len(req.ids_emb) + steps, len(req.ids_llm) + steps)
+    logits = eng.model.prefill([PrefillItem(req.ids_llm, req.ids_emb, 0)], req.pixel_values, emb, llm)[0]
+    ids_llm, ids_emb = list(req.ids_llm), list(req.ids_emb)
+    for _ in range(steps):
+        tok = int(logits.argmax())
+        ids_llm.append(tok)
+        ids_emb.append(tok)
+        logits = eng.model.decode(torch.tensor([tok]), [0], emb, llm)[0]
+        full = _full_logits(eng, ids_llm, ids_emb, req.pixel_values)
+        assert float((logits - full).abs().max() / full.abs().max()) < 1e-5
+
+
+def test_batch_equals_each_prompt_alone(engine):
+    prompts = ["Describe the picture in detail.", "Hi.", "<image>\n<image>\nWhich one is brighter?"]
+    images = [[noise_image(150, 60, 2)], None, [noise_image(60, 60, 3), noise_image(40, 90, 4)]]
+    batch = engine.generate(prompts, images, max_num=4, max_new_tokens=20)
+    for p, imgs, got in zip(prompts, images, batch):
+        alone = engine.generate(p, imgs, max_num=4, max_new_tokens=20)
+        assert got.token_ids == alone.token_ids
+        assert got.text == alone.text
+        assert got.prompt_tokens == alone.prompt_tokens
+
+
+def test_hd_batch_equals_each_prompt_alone(hd_engine):
+    prompts = ["Describe.", "What is in the second half?"]
+    images = [noise_image(100, 60, 5), noise_image(60, 130, 6)]
+    batch = hd_engine.generate(prompts, images, max_num=3, max_new_tokens=12)
+    for p, img, got in zip(prompts, images, batch):
+        assert got.token_ids == hd_engine.generate(p, img, max_num=3, max_new_tokens=12).token_ids
+
+
+@pytest.mark.parametrize("stop", [None, ["e"], [" the", "ab"]])
+def test_streaming_yields_exactly_the_non_streamed_text(engine, stop):
+    kw = dict(max_num=2, max_new_tokens=40, stop=stop)
+    img = noise_image(80, 60, 7)
+    plain = engine.generate("Tell me a story.", img, **kw)
+    stream = engine.generate("Tell me a story.", img, stream=True, **kw)
+    deltas = list(stream)
+    assert "".join(deltas) == plain.text
+    assert stream.result.text == plain.text and stream.result.token_ids == plain.token_ids
+    if stop:
+        assert not any(s in plain.text for s in stop)
+
+
+def test_batch_streaming_tags_deltas_with_the_prompt_index(engine):
+    stream = engine.generate(["One.", "Two, longer prompt."], None, stream=True, max_new_tokens=15)
+    parts = {0: "", 1: ""}
+    for index, delta in stream:
+        parts[index] += delta
+    assert [parts[0], parts[1]] == [r.text for r in stream.results]
+
+
+def test_seeded_sampling_is_reproducible_and_batch_independent(engine):
+    kw = dict(max_new_tokens=16, temperature=0.9, top_k=50, top_p=0.9, repetition_penalty=1.2, seed=1234)
+    a = engine.generate("Sample something.", **kw)
+    b = engine.generate("Sample something.", **kw)
+    assert a.token_ids == b.token_ids
+    batch = engine.generate(["Other prompt here.", "Sample something."], **kw)
+    assert batch[1].token_ids == a.token_ids
+    c = engine.generate("Sample something.", **{**kw, "seed": 99})
+    assert c.token_ids != a.token_ids
+
+
+def test_repetition_penalty_changes_greedy_output(engine):
+    plain = engine.generate("Repeat after me.", max_new_tokens=30)
+    penalised = engine.generate("Repeat after me.", max_new_tokens=30, repetition_penalty=3.0)
+    assert penalised.token_ids != plain.token_ids
+    assert len(set(penalised.token_ids)) >= len(set(plain.token_ids))
+
+
+def test_chat_multi_turn_builds_the_template_prompt(engine):
+    messages = [
+        {"role": "user", "content": "<image>\nWhat is this?"},
+        {"role": "assistant", "content": "A test image."},
+        {"role": "user", "content": "And its colours?"},
+    ]
+    img = noise_image(60, 60, 8)
+    req = engine.prepare(messages, [img], 1)
+    sys_msg = engine.template.system_message
+    ctx = "<IMG_CONTEXT>" * engine.cfg.tokens_per_tile
+    text = (
+        f"<|im_start|>system\n{sys_msg}<|im_end|><|im_start|>user\n<img>{ctx}</img>\nWhat is this?<|im_end|>"
+        "<|im_start|>assistant\nA test image.<|im_end|><|im_start|>user\nAnd its colours?<|im_end|>"
+        "<|im_start|>assistant\n"
+    )
+    assert req.ids_llm == engine.tokenizer.encode(text)
+    result = engine.chat(messages, img, max_num=1, max_new_tokens=5)
+    assert result.prompt_tokens == len(req.ids_llm) and len(result.token_ids) == 5
+
+
+def test_timings_and_result_fields(engine):
+    r = engine.generate("Hi.", noise_image(100, 50, 9), max_num=2, max_new_tokens=8)
+    assert r.finish_reason == "length" and len(r.token_ids) == 8 and r.tiles == [3]
+    t = r.timings
+    assert 0 < t.ttft_s <= t.total_s and t.decode_tokens == 7 and t.decode_tok_s > 0
+
+
+BAD_SAMPLING = [
+    {"max_new_tokens": 0}, {"max_new_tokens": 2.5}, {"temperature": -1.0}, {"temperature": float("nan")},
+    {"top_k": -3}, {"top_p": 0.0}, {"top_p": 1.5}, {"repetition_penalty": 0.0}, {"seed": -1}, {"stop": [""]},
+    {"stop": [3]},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("bad", BAD_SAMPLING, ids=lambda d: "-".join(f"{k}={v}" for k, v in d.items()))
+def test_invalid_sampling_parameters_raise_clear_errors(engine, bad):
+    key = next(iter(bad))
+    with pytest.raises(InputError, match=key):
+        engine.generate("Hi.", **bad)
+
+
+def test_prompt_longer_than_the_context_raises_before_running(root):
+    eng = Engine.from_pretrained(make_checkpoint(root, "pre"), device="cpu", dtype=torch.float32, max_context=64)
+    with pytest.raises(InputError, match=r"prompt has \d+ tokens .* context is 64"):
+        eng.generate("word " * 200)
+
+
+def test_image_placeholder_count_mismatch(engine):
+    with pytest.raises(InputError, match="2 <image> placeholders but 1 images"):
+        engine.generate("<image> and <image>", noise_image(60, 60, 1))
+    with pytest.raises(InputError, match="list of 2 entries"):
+        engine.generate(["a", "b"], [noise_image(60, 60, 1)])
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"dtype": "int8"}, "dtype"),
+        ({"hd_decode": "x"}, "hd_decode"),
+        ({"backend": "nope"}, "backend"),
+        ({"device": "cuda:0"}, "CUDA"),
+    ],
+)
+def test_bad_engine_options_raise_before_loading(root, kw, match):
+    if kw.get("device") and torch.cuda.is_available():
+        pytest.skip("a CUDA device exists")
+    with pytest.raises(ValueError, match=match):
+        Engine.from_pretrained(make_checkpoint(root, "pre"), **kw)
+
+
+def test_cli_generate_runs_on_a_checkpoint(root, tmp_path):
+    path = make_checkpoint(root, "pre")
+    img = tmp_path / "img.png"
+    noise_image(120, 80, 3).save(img)
+    cmd = [sys.executable, "-m", "engine", "generate", "--model", str(path), "--image", str(img), "--prompt",
+           "Describe.", "--max-new-tokens", "6", "--stream", "--max-num", "2"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "2x1 grid" in out.stdout and "tokens: 6 generated" in out.stdout and "<IMG_CONTEXT>x12" in out.stdout
+    bad = subprocess.run(cmd[:5] + [str(tmp_path / "missing")], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "config.json" in bad.stderr

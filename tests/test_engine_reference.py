@@ -1,0 +1,100 @@
+"""The engine against the independent reference (tests/reference.py: transformers' Llama layers + plain torch).
+
+fp32 on the CPU: prefill logits at every position within 1e-4 relative, and 32 greedy tokens identical, for
+text-only prompts, one tile, several tiles with a thumbnail, two images, HoVLE-HD (both decode modes),
+normalize_encoder_output, active dynamic NTK, linear scaling, GQA ratios 1 and 3 and head_dim 64.
+"""
+
+import pytest
+import torch
+
+from engine import Engine
+from engine.model import PrefillItem
+from tests.ckpt import make_checkpoint, noise_image
+from tests.reference import ReferenceHoVLE
+
+DYNAMIC_SMALL = {"rope_theta": 10000.0, "rope_scaling": {"type": "dynamic", "factor": 2.0},
+                 "max_position_embeddings": 48}  # fmt: skip
+LINEAR = {"rope_theta": 10000.0, "rope_scaling": {"type": "linear", "factor": 2.0}, "max_position_embeddings": 64}
+
+CASES = {
+    # name: (variant, config overrides, images as (w, h, seed), max_num, question)
+    "text_only": ("hovle", {}, [], 1, "What is a circle?"),
+    "one_tile": ("hovle", {}, [(60, 50, 1)], 1, "Describe the image."),
+    "tiles_thumbnail": ("hovle", {}, [(150, 60, 2)], 6, "Describe the image."),
+    "two_images": ("hovle", {}, [(90, 40, 3), (40, 90, 4)], 4, "Image-1: <image>\nImage-2: <image>\nCompare them."),
+    "hd": ("hovle-hd", {}, [(150, 60, 5)], 6, "Describe the image."),
+    "hd_two_images": ("hovle-hd", {}, [(60, 60, 6), (120, 50, 7)], 3, "<image>\n<image>\nWhat differs?"),
+    "normalize": ("hovle", {"normalize_encoder_output": True}, [(100, 60, 8)], 2, "Describe it."),
+    "hd_normalize": ("hovle-hd", {"normalize_encoder_output": True}, [(60, 60, 9)], 1, "Describe it."),
+    "dynamic_ntk": ("hovle", {"emb_rope": DYNAMIC_SMALL, "llm_rope": DYNAMIC_SMALL}, [(60, 60, 10)], 1, "Hi."),
+    "linear_rope": ("hovle", {"emb_rope": LINEAR, "llm_rope": LINEAR}, [], 1, "Tell me about colours."),
+    "gqa3_head64": ("hovle", {"hidden": 384, "heads": 6, "kv_heads": 2, "intermediate": 256}, [(60, 60, 11)], 1, "Hi."),
+    "mha": ("hovle", {"heads": 4, "kv_heads": 4}, [(60, 60, 12)], 1, "Hi."),
+    "gqa4": ("hovle-hd", {"hidden": 128, "heads": 8, "kv_heads": 2}, [(70, 60, 13)], 2, "Hi."),
+}
+
+
+@pytest.fixture(scope="module")
+def ckpt_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("ckpts")
+
+
+def _setup(root, name):
+    variant, overrides, images, max_num, question = CASES[name]
+    path = make_checkpoint(root, name, variant, **overrides)
+    engine = Engine.from_pretrained(path, device="cpu", dtype=torch.float32, max_context=4096)
+    pics = [noise_image(w, h, s) for w, h, s in images]
+    return path, engine, pics, max_num, question
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_prefill_logits_and_greedy_tokens_match_reference(ckpt_root, name):
+    path, engine, pics, max_num, question = _setup(ckpt_root, name)
+    req = engine.prepare([{"role": "user", "content": question}], pics, max_num)
+    emb, llm = engine.model.new_caches(1, len(req.ids_emb) + 40, len(req.ids_llm) + 40)
+    ours = engine.model.prefill([PrefillItem(req.ids_llm, req.ids_emb, 0)], req.pixel_values, emb, llm, True)
+    ref = ReferenceHoVLE.from_dir(str(path))
+    theirs = ref.prefill(req.ids_emb, req.ids_llm, req.pixel_values)
+    assert ours.shape == theirs.shape
+    assert _rel_err(ours, theirs) < 1e-4, f"{name}: logits differ by {_rel_err(ours, theirs):.2e} relative"
+
+    if name == "dynamic_ntk":  # the prompt alone must already be past max_position_embeddings
+        assert len(req.ids_llm) > DYNAMIC_SMALL["max_position_embeddings"]
+    result = engine.generate(question, pics, max_num=max_num, max_new_tokens=32)
+    ref_tokens, _ = ReferenceHoVLE.from_dir(str(path)).greedy(
+        req.ids_emb, req.ids_llm, req.pixel_values, 32, eos_id=engine.tokenizer.im_end_id
+    )
+    expected = ref_tokens[:-1] if ref_tokens[-1] == engine.tokenizer.im_end_id else ref_tokens
+    assert result.token_ids == expected
+    assert len(result.token_ids) == 32 or result.finish_reason == "stop"
+
+
+def test_hd_reference_quirk_decode_matches_reference(ckpt_root):
+    path, _, pics, max_num, question = _setup(ckpt_root, "hd")
+    engine = Engine.from_pretrained(path, device="cpu", dtype=torch.float32, hd_decode="reference-quirk")
+    req = engine.prepare([{"role": "user", "content": question}], pics, max_num)
+    result = engine.generate(question, pics, max_num=max_num, max_new_tokens=24)
+    ref_tokens, _ = ReferenceHoVLE.from_dir(str(path)).greedy(
+        req.ids_emb, req.ids_llm, req.pixel_values, 24, hd_decode="reference-quirk"
+    )
+    assert result.token_ids == ref_tokens[: len(result.token_ids)]
+    natural = Engine.from_pretrained(path, device="cpu", dtype=torch.float32)
+    assert natural.generate(question, pics, max_num=max_num, max_new_tokens=24).token_ids != result.token_ids
+
+
+def test_real_tile_geometry_hd_one_tile(ckpt_root):
+    """448 px tiles / 14 px patches as released: 1024 embedding tokens and 256 LLM tokens per tile."""
+    path = make_checkpoint(ckpt_root, "real_geometry_hd", "hovle-hd", image_size=448)
+    engine = Engine.from_pretrained(path, device="cpu", dtype=torch.float32)
+    req = engine.prepare([{"role": "user", "content": "Describe."}], [noise_image(300, 280, 14)], 1)
+    ctx = engine.tokenizer.img_context_id
+    assert req.ids_emb.count(ctx) == 1024 and req.ids_llm.count(ctx) == 256
+    emb, llm = engine.model.new_caches(1, len(req.ids_emb) + 4, len(req.ids_llm) + 4)
+    ours = engine.model.prefill([PrefillItem(req.ids_llm, req.ids_emb, 0)], req.pixel_values, emb, llm, True)
+    theirs = ReferenceHoVLE.from_dir(str(path)).prefill(req.ids_emb, req.ids_llm, req.pixel_values)
+    assert _rel_err(ours, theirs) < 1e-4
