@@ -19,10 +19,11 @@ from kernels import get_ops
 
 from .config import HoVLEConfig
 from .errors import InputError
-from .generation import GenerationResult, SamplingParams, SequenceText, Timings
+from .generation import GenerationResult, SamplingParams, Selector, SequenceText, Timings
 from .image import preprocess
 from .model import HD_DECODE_MODES, HoVLEModel, PrefillItem
-from .tokenizer import Tokenizer, build_prompt, ensure_image_placeholders, expand_image_placeholders, get_template
+from .prompt import build_prompt, ensure_image_placeholders, expand_image_placeholders, get_template
+from .tokenizer import Tokenizer
 from .weights import load_weights
 
 _DTYPES = {
@@ -201,7 +202,7 @@ class Engine:
         items = [PrefillItem(r.ids_llm, r.ids_emb, slot) for slot, r in enumerate(requests)]
         pixels = [r.pixel_values for r in requests if r.pixel_values is not None]
         logits = self.model.prefill(items, torch.cat(pixels) if pixels else None, emb_cache, llm_cache)
-        selector = _Selector(self.model.ops, params, requests, logits.shape[-1], logits.device)
+        selector = Selector(self.model.ops, params, requests, logits.shape[-1], logits.device)
         texts = [SequenceText(self.tokenizer.decode, params.stop) for _ in requests]
         finish = [None] * len(requests)
         active = list(range(len(requests)))
@@ -236,45 +237,6 @@ class Engine:
         if text.add(token):
             return "stop"
         return "length" if len(text.ids) >= budget else None
-
-
-class _Selector:
-    """Repetition penalty + sampling for the rows of the sequences still running."""
-
-    def __init__(self, ops, params: SamplingParams, requests: list[Request], vocab: int, device: torch.device):
-        self.ops, self.params, self.rows = ops, params, []
-        n = len(requests)
-        self.generators = [params.generator() for _ in requests]
-        self.seen = None
-        if params.repetition_penalty != 1.0:
-            self.seen = torch.zeros(n, vocab, dtype=torch.bool, device=device)
-            for i, r in enumerate(requests):
-                self.seen[i, torch.tensor(r.ids_llm, device=device)] = True
-
-    def _uniform(self, active: list[int]) -> torch.Tensor:
-        """One draw per running row from that request's own generator (zeros when greedy: unused)."""
-        draws = [float(torch.rand((), generator=self.generators[s], dtype=torch.float64)) if self.generators[s]
-                 else 0.0 for s in active]  # fmt: skip
-        return torch.tensor(draws, dtype=torch.float32)
-
-    def __call__(self, logits: torch.Tensor, active: list[int]) -> torch.Tensor:
-        p, b = self.params, len(active)
-        self.rows = list(active)
-        ops = self.ops
-        if self.seen is not None:
-            penalty = torch.full((b,), p.repetition_penalty, device=logits.device)
-            logits = ops.repetition_penalty(logits, self.seen[active], penalty)
-        full = lambda v, dt: torch.full((b,), v, dtype=dt, device=logits.device)  # noqa: E731
-        tokens = ops.sample(
-            logits,
-            full(p.temperature, torch.float32),
-            full(p.top_k, torch.int64),
-            full(p.top_p, torch.float32),
-            self._uniform(active).to(logits.device),
-        )
-        if self.seen is not None:
-            self.seen[active, tokens] = True
-        return tokens
 
 
 def _check_tokenizer(cfg: HoVLEConfig, tok: Tokenizer) -> None:
