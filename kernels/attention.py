@@ -1,5 +1,7 @@
 """Causal grouped-query attention for prefill over the KV cache (variable lengths, packed).
 
+    out[t, h] = softmax(scale * q[t, h] . K^T, causal) V,   K, V = cache[slots[b], h // (Hq/Hkv), 0 : prefix_b + i + 1]
+
 Sequence b owns queries q[cu_seqlens[b]:cu_seqlens[b+1]] at cache positions prefix_lens[b] + i; they attend
 causally to k_cache/v_cache[slots[b], :, 0 : prefix_lens[b] + i + 1] (its prefix, e.g. an earlier turn, and
 itself). The step's keys must already be stored (kv_store) before the call.
@@ -7,13 +9,22 @@ itself). The step's keys must already be stored (kv_store) before the call.
 q: (T, Hq, D); k_cache, v_cache: (N_slots, Hkv, S_max, D); cu_seqlens: (B+1,) int; prefix_lens, slots: (B,) int.
 Query head h uses kv head h // (Hq/Hkv). Softmax in fp32.
 With cos, sin given (rows matching q's), q is rotated on load (rotate-half RoPE). Returns (T, Hq, D) in q's dtype.
+
+Kernel: FlashAttention-2 (Dao, 2023) forward. One program per (query block of BLOCK_M tokens, sequence, head)
+keeps its q tile in registers and streams BLOCK_N-key tiles of K and V, with an online softmax in fp32 (running
+max and sum, exp2 with scale * log2(e) folded in). Key tiles wholly in the past are read unmasked; only the tiles
+on the causal diagonal are masked, and tiles wholly in the future are never visited. q may be a strided view (last
+dim contiguous) of the fused qkv projection; the caches need a contiguous last dim. D is padded to a power of 2
+with masks (80 -> 128). No host syncs: the grid covers `max_seqlen` tokens (default T) and surplus blocks exit.
 """
 
 import math
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
+from ._triton import interpreting, tl, triton, triton_usable
 from .rotary import rotate_ref
 
 _QUERY_CHUNK = 1024  # bounds the (Hq, chunk, keys) score matrix the reference materialises
@@ -37,6 +48,7 @@ def attention_ref(
     scale: float | None = None,
     cos: torch.Tensor | None = None,
     sin: torch.Tensor | None = None,
+    max_seqlen: int | None = None,  # a launch-size hint for the Triton kernel; not needed here
 ) -> torch.Tensor:
     if cos is not None:
         q = rotate_ref(q, cos, sin)
@@ -68,6 +80,7 @@ def attention_torch(
     scale: float | None = None,
     cos: torch.Tensor | None = None,
     sin: torch.Tensor | None = None,
+    max_seqlen: int | None = None,  # a launch-size hint for the Triton kernel; not needed here
 ) -> torch.Tensor:
     if cos is not None:
         q = rotate_ref(q, cos, sin)
@@ -90,3 +103,196 @@ def attention_torch(
         )
         out[start:end] = o[0].transpose(0, 1)  # (1, Hq, n, D) -> (n, Hq, D)
     return out
+
+
+def _tile_configs() -> list:
+    """The GPU tuning list, (BLOCK_M, BLOCK_N, num_warps, num_stages); BLOCK_N <= BLOCK_M keeps diagonals short."""
+    shapes = [(64, 64, 4, 2), (64, 32, 4, 3), (64, 64, 4, 3), (128, 32, 4, 3)]
+    shapes += [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3)]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
+
+
+def _prune(configs: list, named_args: dict, **kwargs) -> list:
+    """Wide heads (D > 128) keep to score tiles of at most 64 x 64: larger ones with 256 columns spill registers."""
+    small = [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 64]
+    return small if kwargs["BLOCK_D"] > 128 and small else configs
+
+
+@triton.jit
+def _attend_tiles(acc, l_i, m_i, q, k_base, v_base, q_pos, kv_len, lo, hi, stride_k_s, stride_v_s, qk_scale,
+                  HEAD_DIM: tl.constexpr, MASKED: tl.constexpr, PRECISION: tl.constexpr,
+                  BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
+    """Online softmax over key tiles [lo, hi); MASKED applies the causal and kv_len masks (diagonal tiles only)."""
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    for start_n in tl.range(lo, hi, BLOCK_N):
+        keys = start_n + offs_n
+        k_ptrs = k_base + keys[None, :] * stride_k_s + offs_d[:, None]  # (BLOCK_D, BLOCK_N): K^T
+        v_ptrs = v_base + keys[:, None] * stride_v_s + offs_d[None, :]  # (BLOCK_N, BLOCK_D)
+        if MASKED or BLOCK_D != HEAD_DIM:
+            k = tl.load(k_ptrs, mask=d_ok[:, None] & (keys[None, :] < kv_len), other=0.0)
+            v = tl.load(v_ptrs, mask=d_ok[None, :] & (keys[:, None] < kv_len), other=0.0)
+        else:  # interior tiles at a power-of-2 head dim: plain loads
+            k = tl.load(k_ptrs)
+            v = tl.load(v_ptrs)
+        s = tl.dot(q, k, input_precision=PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
+        if MASKED:
+            s = tl.where(keys[None, :] <= q_pos[:, None], s, float("-inf"))
+        # Every row has seen a visible key by its first diagonal tile, so m_new is finite: no NaN from -inf - -inf.
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.math.exp2(s - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.autotune(
+    configs=_tile_configs()[:1] if interpreting() else _tile_configs(),  # one under the interpreter
+    key=["HEAD_DIM", "GROUP", "seq_bucket"],
+    prune_configs_by={"early_config_prune": _prune},
+)
+@triton.jit
+def _attention_kernel(q_ptr, k_ptr, v_ptr, out_ptr, cos_ptr, sin_ptr, cu_ptr, prefix_ptr, slot_ptr,
+                      stride_q_t, stride_q_h, stride_k_n, stride_k_h, stride_k_s, stride_v_n, stride_v_h, stride_v_s,
+                      stride_out_t, stride_out_h, stride_cos_t, stride_sin_t,
+                      num_heads, seq_bucket, qk_scale,
+                      HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, ROTATE: tl.constexpr, PRECISION: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
+    # Heaviest query blocks (most keys) first, so the last wave holds the short ones.
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    b = tl.program_id(1) // num_heads
+    h = tl.program_id(1) % num_heads
+    start = tl.load(cu_ptr + b)
+    seq_len = tl.load(cu_ptr + b + 1) - start
+    if pid_m * BLOCK_M >= seq_len:
+        return
+    prefix = tl.load(prefix_ptr + b).to(tl.int32)
+    slot = tl.load(slot_ptr + b).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    rows = (start + offs_m).to(tl.int64)
+    mask = (offs_m < seq_len)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    q_rows = q_ptr + rows[:, None] * stride_q_t + h * stride_q_h
+    q = tl.load(q_rows + offs_d[None, :], mask=mask, other=0.0)  # (BLOCK_M, BLOCK_D)
+    if ROTATE:  # q * cos + rotate_half(q) * sin in fp32, rounded to q's dtype as rotate_ref does
+        first_half = offs_d < HEAD_DIM // 2
+        partner = tl.where(first_half, offs_d + HEAD_DIM // 2, offs_d - HEAD_DIM // 2)
+        q_partner = tl.load(q_rows + partner[None, :], mask=mask, other=0.0).to(tl.float32)
+        q_half = tl.where(first_half[None, :], -q_partner, q_partner)
+        cos = tl.load(cos_ptr + rows[:, None] * stride_cos_t + offs_d[None, :], mask=mask, other=0.0)
+        sin = tl.load(sin_ptr + rows[:, None] * stride_sin_t + offs_d[None, :], mask=mask, other=0.0)
+        q = (q.to(tl.float32) * cos.to(tl.float32) + q_half * sin.to(tl.float32)).to(q_ptr.dtype.element_ty)
+    kv_head = (h // GROUP).to(tl.int64)
+    k_base = k_ptr + slot * stride_k_n + kv_head * stride_k_h
+    v_base = v_ptr + slot * stride_v_n + kv_head * stride_v_h
+    q_pos = prefix + offs_m
+    kv_len = prefix + seq_len
+    first_pos = prefix + pid_m * BLOCK_M
+    past_end = (first_pos + 1) // BLOCK_N * BLOCK_N  # keys [0, past_end) are visible to every query of the block
+    diag_end = tl.minimum(kv_len, first_pos + BLOCK_M)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+    # fmt: off
+    acc, l_i, m_i = _attend_tiles(acc, l_i, m_i, q, k_base, v_base, q_pos, kv_len, 0, past_end,
+                                  stride_k_s, stride_v_s, qk_scale, HEAD_DIM, False, PRECISION, BLOCK_N, BLOCK_D)
+    acc, l_i, m_i = _attend_tiles(acc, l_i, m_i, q, k_base, v_base, q_pos, kv_len, past_end, diag_end,
+                                  stride_k_s, stride_v_s, qk_scale, HEAD_DIM, True, PRECISION, BLOCK_N, BLOCK_D)
+    # fmt: on
+    out = acc / l_i[:, None]
+    out_ptrs = out_ptr + rows[:, None] * stride_out_t + h * stride_out_h + offs_d[None, :]
+    tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+_LOG2E = 1.4426950408889634
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@torch.library.custom_op("hovle::attention", mutates_args=())
+def _attention_op(q: Tensor, k_cache: Tensor, v_cache: Tensor, cu_seqlens: Tensor, prefix_lens: Tensor,
+                  slots: Tensor, scale: float | None, cos: Tensor | None, sin: Tensor | None,
+                  max_seqlen: int | None) -> Tensor:  # fmt: skip
+    t, hq, d = q.shape
+    out = torch.empty((t, hq, d), dtype=q.dtype, device=q.device)
+    if t == 0:
+        return out
+    max_seqlen = t if max_seqlen is None else min(max_seqlen, t)
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    rot_cos, rot_sin = (cos, sin) if cos is not None else (q, q)  # never read without ROTATE
+    grid = lambda meta: (triton.cdiv(max_seqlen, meta["BLOCK_M"]), slots.shape[0] * hq)  # noqa: E731
+    # fmt: off
+    _attention_kernel[grid](
+        q, k_cache, v_cache, out, rot_cos, rot_sin, cu_seqlens, prefix_lens, slots,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1),
+        rot_cos.stride(0), rot_sin.stride(0),
+        hq, min(max(triton.next_power_of_2(max_seqlen), 128), 16384), scale * _LOG2E,
+        HEAD_DIM=d, GROUP=hq // k_cache.shape[1], ROTATE=cos is not None,
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32", BLOCK_D=max(16, triton.next_power_of_2(d)),
+    )
+    # fmt: on
+    return out
+
+
+@_attention_op.register_fake
+def _(q, k_cache, v_cache, cu_seqlens, prefix_lens, slots, scale, cos, sin, max_seqlen):
+    return q.new_empty(q.shape)
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _check(q, k_cache, v_cache, cu_seqlens, prefix_lens, slots, cos, sin, max_seqlen) -> None:
+    _require(q.dim() == 3 and q.dtype in _DTYPES and q.stride(-1) == 1, f"q must be (T, Hq, D) fp16/bf16/fp32 with "
+             f"a contiguous last dim, got {tuple(q.shape)} {q.dtype} strides {q.stride()}")  # fmt: skip
+    _require(triton_usable(q.device.type), f"q is on {q.device}: Triton needs CUDA (or TRITON_INTERPRET=1 on CPU)")
+    t, hq, d = q.shape
+    _require(d <= 256, f"q's head_dim D={d} is above the supported 256")
+    for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
+        ok = c.dim() == 4 and c.shape[3] == d and c.dtype == q.dtype and c.stride(-1) == 1 and c.device == q.device
+        _require(ok, f"{name} must be (N_slots, Hkv, S_max, D={d}) {q.dtype} on {q.device} with a contiguous last "
+                 f"dim, got {tuple(c.shape)} {c.dtype} strides {c.stride()} on {c.device}")  # fmt: skip
+    _require(v_cache.shape == k_cache.shape and hq % k_cache.shape[1] == 0, f"v_cache {tuple(v_cache.shape)} must "
+             f"match k_cache {tuple(k_cache.shape)}, whose heads must divide Hq={hq}")  # fmt: skip
+    b = slots.shape[0] if slots.dim() == 1 else -1
+    for name, x, n in (("cu_seqlens", cu_seqlens, b + 1), ("prefix_lens", prefix_lens, b), ("slots", slots, b)):
+        ok = x.shape == (n,) and x.dtype in (torch.int32, torch.int64) and x.device == q.device
+        _require(ok, f"{name} must be ({n},) int32/int64 on {q.device}, got {tuple(x.shape)} {x.dtype} on {x.device}")
+    _require((cos is None) == (sin is None), f"cos and sin go together, got cos={type(cos).__name__}, "
+             f"sin={type(sin).__name__}")  # fmt: skip
+    for name, x in (("cos", cos), ("sin", sin)) if cos is not None else ():
+        ok = x.shape == (t, d) and x.stride(-1) == 1 and x.device == q.device and d % 2 == 0
+        _require(ok, f"{name} must be (T={t}, D={d}) with even D and contiguous rows on {q.device}, got "
+                 f"{tuple(x.shape)} strides {x.stride()} on {x.device}")  # fmt: skip
+    ok = max_seqlen is None or (isinstance(max_seqlen, int) and max_seqlen >= 1)
+    _require(ok, f"max_seqlen must be a positive Python int (the longest sequence's length), got {max_seqlen!r}")
+
+
+def attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    prefix_lens: torch.Tensor,
+    slots: torch.Tensor,
+    scale: float | None = None,
+    cos: torch.Tensor | None = None,
+    sin: torch.Tensor | None = None,
+    max_seqlen: int | None = None,
+) -> torch.Tensor:
+    """attention_ref's contract on the Triton FlashAttention-2 kernel (no host syncs; CUDA-graph capturable).
+
+    q: (T, Hq, D) fp16/bf16/fp32, any strides with a contiguous last dim (a view of the fused qkv output).
+    k_cache, v_cache: (N_slots, Hkv, S_max, D), q's dtype, contiguous last dim; the step's keys already stored.
+    cu_seqlens: (B+1,) int32 packed sequence bounds; prefix_lens, slots: (B,) int32/int64.
+    scale: float, default 1/sqrt(D). cos, sin: optional (T, D) rotate-half RoPE tables applied to q on load.
+    max_seqlen: optional Python int >= the longest sequence (sizes the grid); default T, always safe.
+    Returns (T, Hq, D) contiguous in q's dtype.
+    """
+    _check(q, k_cache, v_cache, cu_seqlens, prefix_lens, slots, cos, sin, max_seqlen)
+    return _attention_op(q, k_cache, v_cache, cu_seqlens, prefix_lens, slots, scale, cos, sin, max_seqlen)

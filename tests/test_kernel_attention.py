@@ -1,0 +1,173 @@
+"""Triton prefill attention vs attention_ref and an fp64 reference (the kernel's error <= 2x PyTorch's own + 1e-5).
+
+Interpreter cases (CPU) stay tiny; bf16, the model shape (16 q / 8 kv heads, D=128) and long sequences run on CUDA.
+"""
+
+import math
+
+import pytest
+import torch
+
+from kernels._triton import HAS_TRITON
+from kernels.attention import attention, attention_ref
+from tests.conftest import kernel_device, requires_cuda
+
+pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
+
+
+def _rotate64(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos.double()[:, None] + rotated * sin.double()[:, None]
+
+
+def attention_fp64(q, k_cache, v_cache, cu_seqlens, prefix_lens, slots, cos=None, sin=None) -> torch.Tensor:
+    """The same math as attention_ref, everything in float64 (query chunks bound the score matrix)."""
+    q = q.double() if cos is None else _rotate64(q.double(), cos, sin)
+    rep, scale = q.shape[1] // k_cache.shape[1], 1.0 / math.sqrt(q.shape[2])
+    out = torch.empty_like(q)
+    bounds, prefixes = cu_seqlens.tolist(), prefix_lens.tolist()
+    for b, slot in enumerate(slots.tolist()):
+        start, end, prefix = bounds[b], bounds[b + 1], prefixes[b]
+        k = k_cache[slot, :, : prefix + end - start].double().repeat_interleave(rep, 0)  # (Hq, L, D)
+        v = v_cache[slot, :, : prefix + end - start].double().repeat_interleave(rep, 0)
+        for c0 in range(start, end, 1024):
+            c1 = min(c0 + 1024, end)
+            scores = q[c0:c1].transpose(0, 1) @ k.transpose(1, 2) * scale  # (Hq, n, L)
+            pos = prefix + torch.arange(c0 - start, c1 - start, device=q.device)
+            scores.masked_fill_(torch.arange(k.shape[1], device=q.device)[None, :] > pos[:, None], float("-inf"))
+            out[c0:c1] = (scores.softmax(-1) @ v).transpose(0, 1)  # (Hq, n, D) -> (n, Hq, D)
+    return out
+
+
+def make_inputs(lens, prefixes, hq, hkv, d, dtype, rope, device=None, seed=0):
+    """q as a strided view of a fused qkv matrix, caches with permuted slots and spare capacity, RoPE tables."""
+    device = device or kernel_device()
+    gen = torch.Generator().manual_seed(seed)
+    b, t = len(lens), sum(lens)
+    s_max = max(p + n for p, n in zip(prefixes, lens)) + 7
+    qkv = torch.randn(t, (hq + 2 * hkv) * d, generator=gen)
+    q = qkv.to(device, dtype)[:, : hq * d].view(t, hq, d)  # (T, Hq, D), row stride (Hq + 2 Hkv) D
+    k_cache = torch.randn(b + 2, hkv, s_max, d, generator=gen).to(device, dtype)
+    v_cache = torch.randn(b + 2, hkv, s_max, d, generator=gen).to(device, dtype)
+    cu = torch.zeros(b + 1, dtype=torch.int32)
+    cu[1:] = torch.cumsum(torch.tensor(lens), 0)
+    slots = torch.randperm(b + 2, generator=gen)[:b]
+    cos = sin = None
+    if rope:
+        pos = torch.cat([torch.arange(p, p + n) for p, n in zip(prefixes, lens)]).double()
+        freqs = pos[:, None] * 10000.0 ** (-torch.arange(0, d, 2).double() / d)  # (T, D/2)
+        angles = torch.cat((freqs, freqs), -1)  # (T, D)
+        cos, sin = angles.cos().to(device, dtype), angles.sin().to(device, dtype)
+    meta = (cu.to(device), torch.tensor(prefixes).to(device), slots.to(device))
+    return q, k_cache, v_cache, *meta, cos, sin
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """torch.empty returns NaN-filled floating tensors while the test runs, so unwritten outputs show."""
+    empty = torch.empty
+
+    def nan_empty(*args, **kwargs):
+        x = empty(*args, **kwargs)
+        return x.fill_(float("nan")) if x.is_floating_point() else x
+
+    monkeypatch.setattr(torch, "empty", nan_empty)
+
+
+def check(lens, prefixes, hq, hkv, d, rope, dtype, device=None, max_seqlen=-1):
+    q, k_cache, v_cache, cu, prefix, slots, cos, sin = make_inputs(lens, prefixes, hq, hkv, d, dtype, rope, device)
+    max_seqlen = max(lens) if max_seqlen == -1 else max_seqlen
+    out = attention(q, k_cache, v_cache, cu, prefix, slots, None, cos, sin, max_seqlen)
+    assert out.shape == q.shape and out.dtype == dtype and out.is_contiguous()
+    exact = attention_fp64(q, k_cache, v_cache, cu, prefix, slots, cos, sin)
+    ref = attention_ref(q, k_cache, v_cache, cu, prefix, slots, None, cos, sin)
+    err = (out.double() - exact).abs().max().item()  # NaN (an unwritten element) fails the comparison below
+    ref_err = (ref.double() - exact).abs().max().item()
+    assert err <= 2 * ref_err + 1e-5, f"kernel error {err:.3g} vs PyTorch's {ref_err:.3g}"
+
+
+CPU_CASES = [  # lens, prefix_lens, Hq, Hkv, D, rope
+    ([1, 17, 113], [0, 0, 0], 2, 1, 64, False),
+    ([1, 17, 113], [9, 0, 40], 4, 2, 80, True),
+    ([33], [70], 3, 1, 128, True),
+    ([5, 70], [64, 1], 3, 1, 64, False),
+    ([7, 20], [0, 3], 2, 2, 8, True),  # Hq = Hkv, D padded to the 16 that tl.dot needs
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("case", CPU_CASES, ids=lambda c: f"lens{c[0]}-pre{c[1]}-{c[2]}x{c[3]}-d{c[4]}-rope{c[5]}")
+def test_matches_reference(case, dtype, poisoned):
+    check(*case, dtype)
+
+
+def test_default_max_seqlen_is_safe(poisoned):
+    """max_seqlen=None sizes the grid by T; surplus query blocks must exit without writing."""
+    check([2, 90], [3, 0], 2, 1, 64, True, torch.float16, max_seqlen=None)
+
+
+def test_every_tuning_config(monkeypatch, poisoned):
+    """The interpreter runs only the first config; check that each tile shape the GPU may pick is correct too."""
+    from kernels import attention as mod
+
+    for config in mod._tile_configs():
+        monkeypatch.setattr(mod._attention_kernel, "configs", [config])  # a single config runs without tuning
+        check([3, 130], [0, 70], 2, 1, 64, True, torch.float16)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    "lens, prefixes",
+    [([1023], [0]), ([4096], [0]), ([13000], [0]), ([1, 17, 113, 1023], [0, 300, 5, 2048]), ([64], [3000])],
+)
+def test_model_shape_cuda(lens, prefixes, dtype):
+    check(lens, prefixes, 16, 8, 128, True, dtype)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("hq, hkv, d", [(2, 1, 64), (4, 2, 80), (3, 1, 128), (16, 8, 128), (8, 8, 96)])
+def test_head_shapes_cuda(hq, hkv, d, dtype):
+    check([1, 17, 113, 513], [0, 5, 64, 0], hq, hkv, d, True, dtype)
+
+
+def test_custom_op_registration():
+    """Schema, fake (meta) kernel and dispatch are consistent, so torch.compile and CUDA graphs can trace it."""
+    args = make_inputs([3, 9], [0, 4], 2, 1, 64, torch.float16, True)
+    args = (*args[:6], None, *args[6:], 9)
+    torch.library.opcheck(torch.ops.hovle.attention.default, args, test_utils=("test_schema", "test_faketensor"))
+    traced = torch.compile(lambda *a: attention(*a), backend="aot_eager", fullgraph=True)  # no graph break
+    assert torch.equal(traced(*args), attention(*args))
+
+
+def _bad(name: str, **changes):
+    return pytest.param(name, changes, id=name + "-" + "-".join(changes))
+
+
+@pytest.mark.parametrize(
+    "name, changes",
+    [
+        _bad("q", q=lambda a: a["q"][:, 0]),
+        _bad("q", q=lambda a: a["q"].to(torch.float64)),
+        _bad("k_cache", k_cache=lambda a: a["k_cache"].to(torch.float32)),
+        _bad("k_cache", k_cache=lambda a: a["k_cache"][..., :32]),
+        _bad("v_cache", v_cache=lambda a: a["v_cache"][:, :, :5]),
+        _bad(
+            "Hq=2", k_cache=lambda a: a["k_cache"].repeat(1, 3, 1, 1), v_cache=lambda a: a["v_cache"].repeat(1, 3, 1, 1)
+        ),
+        _bad("cu_seqlens", cu_seqlens=lambda a: a["cu_seqlens"][:-1]),
+        _bad("cu_seqlens", cu_seqlens=lambda a: a["cu_seqlens"].float()),
+        _bad("prefix_lens", prefix_lens=lambda a: a["prefix_lens"][None]),
+        _bad("cos and sin", sin=lambda a: None),
+        _bad("cos", cos=lambda a: a["cos"][:-1], sin=lambda a: a["sin"][:-1]),
+        _bad("max_seqlen", max_seqlen=lambda a: 0),
+    ],
+)
+def test_validation(name, changes):
+    keys = ("q", "k_cache", "v_cache", "cu_seqlens", "prefix_lens", "slots", "cos", "sin")
+    args = dict(zip(keys, make_inputs([3, 9], [0, 4], 2, 1, 64, torch.float16, True)), max_seqlen=9)
+    args.update({key: fn(args) for key, fn in changes.items()})
+    with pytest.raises(ValueError, match=name):
+        attention(**args)
