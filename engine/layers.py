@@ -67,6 +67,8 @@ class StackBatch:
     slots: torch.Tensor  # (B,)
     kv_lens: torch.Tensor  # (B,) keys each sequence attends to once this forward is stored
     decode: bool  # one token per sequence: use the decode-attention op
+    max_new: int  # longest sequence of this forward (launch-size hint, known on the host)
+    max_kv: int  # most keys any sequence attends to (launch-size hint)
     store: bool = True  # False: attend to the cache without writing this forward's keys (HD reference quirk)
 
 
@@ -103,6 +105,8 @@ def make_batch(
         slots=torch.tensor(slots, dtype=torch.int64, device=device),
         kv_lens=kv_lens.to(device),
         decode=all(n == 1 for n in new_lens),
+        max_new=max(new_lens),
+        max_kv=int(kv_lens.max()),
         store=store,
     )
 
@@ -140,7 +144,11 @@ class DecoderStack:
         if b.store:
             self.ops.kv_store(k, v, k_cache, v_cache, b.token_slots, b.token_pos, b.cos, b.sin)
         if b.decode:
-            o = self.ops.decode_attention(q, k_cache, v_cache, b.kv_lens, b.slots, None, b.cos, b.sin)
+            o = self.ops.decode_attention(
+                q, k_cache, v_cache, b.kv_lens, b.slots, cos=b.cos, sin=b.sin, max_seq_len=b.max_kv
+            )
         else:
-            o = self.ops.attention(q, k_cache, v_cache, b.cu_seqlens, b.prefix_lens, b.slots, None, b.cos, b.sin)
+            o = self.ops.attention(
+                q, k_cache, v_cache, b.cu_seqlens, b.prefix_lens, b.slots, cos=b.cos, sin=b.sin, max_seqlen=b.max_new
+            )
         return F.linear(o.reshape(t, self.q_size), layer.wo)  # (T, Hq, D) -> (T, Hq D)

@@ -21,7 +21,7 @@ from .rotary import rotary_ref
 from .sample import repetition_penalty_ref, sample_ref
 from .swiglu import swiglu_ref
 
-BACKENDS = ("torch",)
+BACKENDS = ("torch", "triton")
 
 
 @dataclass(frozen=True)
@@ -56,10 +56,50 @@ TORCH_OPS = Ops(
 )
 
 
+_LAUNCHERS = {  # Ops field -> (module, Triton launcher name)
+    "rms_norm": ("rms_norm", "rms_norm"),
+    "rotary": ("rotary", "rotary"),
+    "attention": ("attention", "attention"),
+    "decode_attention": ("decode_attention", "decode_attention"),
+    "kv_store": ("kv_store", "kv_store"),
+    "swiglu": ("swiglu", "swiglu"),
+    "patch_embed": ("patch_embed", "patch_embed"),
+    "pixel_shuffle": ("pixel_shuffle", "pixel_shuffle"),
+    "repetition_penalty": ("sample", "repetition_penalty"),
+    "sample": ("sample", "sample"),
+}
+
+
+def _triton_ops() -> Ops:
+    """The Triton launchers, each file's `<op>`; an op without one keeps its torch implementation."""
+    import importlib
+
+    fields = {}
+    for field, (module, name) in _LAUNCHERS.items():
+        fn = getattr(importlib.import_module(f"{__name__}.{module}"), name, None)
+        fields[field] = fn if fn is not None else getattr(TORCH_OPS, field)
+    return Ops(name="triton", **fields)
+
+
 def get_ops(backend: str = "auto", device: str = "cpu") -> Ops:
-    """The op table for `backend` ("torch", or "auto": the fastest one available on `device`)."""
+    """The op table for `backend` on `device` ("cpu" or "cuda").
+
+    "torch": the plain-PyTorch implementations (any device). "triton": the Triton kernels (CUDA, or the CPU when
+    TRITON_INTERPRET=1). "auto": Triton on CUDA when it is installed, torch otherwise.
+    """
+    from ._triton import HAS_TRITON, triton_usable
+
     if backend not in BACKENDS + ("auto",):
         raise ValueError(f"backend {backend!r} is not available; choose one of {BACKENDS + ('auto',)}")
+    if backend == "auto":
+        backend = "triton" if device == "cuda" and HAS_TRITON else "torch"
+    if backend == "triton":
+        if not triton_usable(device):
+            raise ValueError(
+                f"backend 'triton' cannot run on device {device!r} here: it needs triton and a CUDA device "
+                "(or TRITON_INTERPRET=1 for the CPU interpreter)"
+            )
+        return _triton_ops()
     return TORCH_OPS
 
 

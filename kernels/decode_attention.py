@@ -40,6 +40,7 @@ def decode_attention_ref(
     scale: float | None = None,
     cos: torch.Tensor | None = None,
     sin: torch.Tensor | None = None,
+    max_seq_len: int | None = None,  # a launch-size hint for the Triton kernel; not needed here
 ) -> torch.Tensor:
     if cos is not None:
         q = rotate_ref(q, cos, sin)
@@ -66,6 +67,7 @@ def decode_attention_torch(
     scale: float | None = None,
     cos: torch.Tensor | None = None,
     sin: torch.Tensor | None = None,
+    max_seq_len: int | None = None,  # a launch-size hint for the Triton kernel; not needed here
 ) -> torch.Tensor:
     if cos is not None:
         q = rotate_ref(q, cos, sin)
