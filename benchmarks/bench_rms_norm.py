@@ -1,0 +1,59 @@
+"""rms_norm with the fused residual add: Triton vs torch eager, torch.compile and the unfused HF-style sequence.
+
+Bytes per call: read x, residual and weight, write y and the new residual (the same count for every provider).
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+
+if __package__ in (None, ""):  # run as a script: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import append_rows, bench_ms, compiled, row  # noqa: E402
+from kernels.rms_norm import rms_norm, rms_norm_ref  # noqa: E402
+
+SHAPES = [(4096, 2048), (1, 2048), (16, 2048)]  # (T, C): prefill and decode batches at the model width
+EPS = 1e-5
+
+
+def unfused_hf(x, weight, eps, residual):
+    """What the Hugging Face layers run: the residual add, then LlamaRMSNorm, as separate ops."""
+    hidden = residual + x
+    h32 = hidden.to(torch.float32)
+    h32 = h32 * torch.rsqrt(h32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h32.to(hidden.dtype), hidden
+
+
+def time_or_none(fn, args: tuple) -> float | None:
+    """Milliseconds of fn(*args), or None where the provider fails (torch.compile raises on its first call)."""
+    if fn is None:
+        return None
+    try:
+        fn(*args)
+        return bench_ms(lambda: fn(*args))
+    except Exception as exc:  # noqa: BLE001 - report and skip this provider
+        print(f"skipped: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
+
+
+def run() -> list[dict]:
+    if not torch.cuda.is_available():
+        print("bench_rms_norm: no CUDA device, nothing to time", file=sys.stderr)
+        return []
+    rows, dtype = [], torch.bfloat16
+    providers = {"triton": rms_norm, "torch": rms_norm_ref, "torch_compile": compiled(rms_norm_ref),
+                 "torch_unfused_hf": unfused_hf}  # fmt: skip
+    for t, c in SHAPES:
+        x, residual = (torch.randn(t, c, device="cuda", dtype=dtype) for _ in range(2))
+        weight = torch.randn(c, device="cuda", dtype=dtype)
+        nbytes = (4 * t * c + c) * x.element_size()
+        for name, fn in providers.items():
+            ms = time_or_none(fn, (x, weight, EPS, residual))
+            if ms is not None:
+                rows.append(row("rms_norm", f"T={t} C={c} residual", dtype, name, ms, nbytes=nbytes))
+    return rows
+
+
+if __name__ == "__main__":
+    append_rows(run())

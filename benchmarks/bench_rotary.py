@@ -1,0 +1,52 @@
+"""Standalone rotary on q and k (strided views of the fused qkv output): Triton vs torch eager and torch.compile.
+
+Bytes per call: read q, k and the cos/sin rows, write q' and k' (the same count for every provider).
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+
+if __package__ in (None, ""):  # run as a script: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import append_rows, bench_ms, compiled, row  # noqa: E402
+from kernels.rotary import rotary, rotary_ref  # noqa: E402
+
+SHAPES = [(4096, 16, 8, 128), (64, 16, 8, 128)]  # (T, Hq, Hkv, D): a prefill batch and a decode batch of 64
+
+
+def time_or_none(fn, args: tuple) -> float | None:
+    """Milliseconds of fn(*args), or None where the provider fails (torch.compile raises on its first call)."""
+    if fn is None:
+        return None
+    try:
+        fn(*args)
+        return bench_ms(lambda: fn(*args))
+    except Exception as exc:  # noqa: BLE001 - report and skip this provider
+        print(f"skipped: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
+
+
+def run() -> list[dict]:
+    if not torch.cuda.is_available():
+        print("bench_rotary: no CUDA device, nothing to time", file=sys.stderr)
+        return []
+    rows, dtype = [], torch.bfloat16
+    providers = {"triton": rotary, "torch": rotary_ref, "torch_compile": compiled(rotary_ref)}
+    for t, hq, hkv, d in SHAPES:
+        qkv = torch.randn(t, (hq + 2 * hkv) * d, device="cuda", dtype=dtype)
+        q = qkv[:, : hq * d].view(t, hq, d)  # (T, Hq, D) strided view
+        k = qkv[:, hq * d : (hq + hkv) * d].view(t, hkv, d)  # (T, Hkv, D) strided view
+        angles = torch.rand(t, d, device="cuda") * 100
+        cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
+        nbytes = (2 * (hq + hkv) * d + 2 * d) * t * qkv.element_size()
+        for name, fn in providers.items():
+            ms = time_or_none(fn, (q, k, cos, sin))
+            if ms is not None:
+                rows.append(row("rotary", f"T={t} Hq={hq} Hkv={hkv} D={d}", dtype, name, ms, nbytes=nbytes))
+    return rows
+
+
+if __name__ == "__main__":
+    append_rows(run())

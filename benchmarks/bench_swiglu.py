@@ -1,0 +1,56 @@
+"""swiglu on the fused gate/up projection: Triton vs torch eager (fp32 math), torch.compile and HF's bf16 ops.
+
+Bytes per call: read (T, 2I), write (T, I) (the same count for every provider).
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+if __package__ in (None, ""):  # run as a script: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import append_rows, bench_ms, compiled, row  # noqa: E402
+from kernels.swiglu import swiglu, swiglu_ref  # noqa: E402
+
+SHAPES = [(4096, 8192), (1, 8192)]  # (T, I): a prefill batch and one decode token at the model's I
+
+
+def unfused_hf(gate_up):
+    """Hugging Face's MLP activation: silu(gate) * up as two ops in the activation dtype."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def time_or_none(fn, args: tuple) -> float | None:
+    """Milliseconds of fn(*args), or None where the provider fails (torch.compile raises on its first call)."""
+    if fn is None:
+        return None
+    try:
+        fn(*args)
+        return bench_ms(lambda: fn(*args))
+    except Exception as exc:  # noqa: BLE001 - report and skip this provider
+        print(f"skipped: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
+
+
+def run() -> list[dict]:
+    if not torch.cuda.is_available():
+        print("bench_swiglu: no CUDA device, nothing to time", file=sys.stderr)
+        return []
+    rows, dtype = [], torch.bfloat16
+    providers = {"triton": swiglu, "torch": swiglu_ref, "torch_compile": compiled(swiglu_ref),
+                 "torch_unfused_hf": unfused_hf}  # fmt: skip
+    for t, i in SHAPES:
+        gate_up = torch.randn(t, 2 * i, device="cuda", dtype=dtype)
+        nbytes = 3 * t * i * gate_up.element_size()
+        for name, fn in providers.items():
+            ms = time_or_none(fn, (gate_up,))
+            if ms is not None:
+                rows.append(row("swiglu", f"T={t} I={i}", dtype, name, ms, nbytes=nbytes))
+    return rows
+
+
+if __name__ == "__main__":
+    append_rows(run())
