@@ -1,0 +1,59 @@
+"""CPU numbers for the engine: fp32 logit error against the independent reference, and the embedded default
+model's time to first token and decode tokens/s (batch 1 and 4, greedy, the bundled example image).
+
+Rows go to benchmarks/results/cpu.jsonl with device, versions, commit and date. Run: python benchmarks/bench_cpu.py
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from common import ROOT, append_rows, provenance
+
+from engine import Engine  # noqa: E402
+from engine.default_model import ensure_default_model  # noqa: E402
+from engine.model import PrefillItem  # noqa: E402
+
+
+def reference_errors() -> list[dict]:
+    from tests.ckpt import make_checkpoint, noise_image
+    from tests.reference import ReferenceHoVLE
+    from tests.test_engine_reference import CASES
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (variant, overrides, images, max_num, question) in CASES.items():
+            path = make_checkpoint(Path(tmp), name, variant, **overrides)
+            eng = Engine.from_pretrained(path, device="cpu", dtype=torch.float32, max_context=4096)
+            req = eng.prepare([{"role": "user", "content": question}], [noise_image(*i) for i in images], max_num)
+            emb, llm = eng.model.new_caches(1, len(req.ids_emb), len(req.ids_llm))
+            ours = eng.model.prefill([PrefillItem(req.ids_llm, req.ids_emb, 0)], req.pixel_values, emb, llm, True)
+            theirs = ReferenceHoVLE.from_dir(str(path)).prefill(req.ids_emb, req.ids_llm, req.pixel_values)
+            err = float((ours - theirs).abs().max() / theirs.abs().max())
+            rows.append({"op": "logits_vs_reference", "case": name, "tokens": len(req.ids_llm), "max_rel_err": err})
+    return rows
+
+
+def default_model_speed() -> list[dict]:
+    rows = []
+    image = ROOT / "engine" / "data" / "example.png"
+    for variant in ("hovle", "hovle-hd"):
+        eng = Engine.from_pretrained(ensure_default_model(variant), device="cpu", dtype=torch.float32)
+        eng.generate("Warm up.", image, max_new_tokens=2)
+        for batch in (1, 4):
+            prompts = ["Please describe the image in detail."] * batch
+            rs = eng.generate(prompts, [image] * batch, max_new_tokens=64)
+            t = rs[0].timings
+            rows.append({"op": "default_model_generate", "model": variant, "batch": batch, "tiles": rs[0].tiles[0],
+                         "prompt_tokens": rs[0].prompt_tokens, "ttft_ms": t.ttft_s * 1e3,
+                         "decode_tok_s": t.decode_tok_s, "threads": torch.get_num_threads()})  # fmt: skip
+    return rows
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HOVLE_ENGINE_HOME", str(Path(tempfile.gettempdir()) / "hovle-engine-bench"))
+    prov = provenance()
+    append_rows([{**r, **prov} for r in reference_errors() + default_model_speed()], "cpu.jsonl")
