@@ -29,6 +29,7 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU)")
     p.add_argument("--backend", default="auto", help="kernel backend: auto, torch")
     p.add_argument("--hd-decode", default="natural", choices=("natural", "reference-quirk"))
+    p.add_argument("--no-cuda-graph", action="store_true", help="decode eagerly instead of replaying CUDA graphs")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.cmd == "generate":
             engine = Engine.from_pretrained(args.model, args.device, args.dtype, backend=args.backend,
-                                            hd_decode=args.hd_decode)  # fmt: skip
+                                            hd_decode=args.hd_decode, cuda_graphs=not args.no_cuda_graph)  # fmt: skip
             _run(engine, args, f"{args.model} ({'HoVLE-HD' if engine.cfg.is_hd else 'HoVLE'})")
             return 0
         args.image = args.image or [str(EXAMPLE_IMAGE)]
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         for variant in ("hovle", "hovle-hd") if args.variant == "both" else (args.variant,):
             path = ensure_default_model(variant)
             engine = Engine.from_pretrained(path, args.device, args.dtype, backend=args.backend,
-                                            hd_decode=args.hd_decode)  # fmt: skip
+                                            hd_decode=args.hd_decode, cuda_graphs=not args.no_cuda_graph)  # fmt: skip
             _run(engine, args, f"embedded default {variant} ({path})")
         return 0
     except HoVLEError as exc:

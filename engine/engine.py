@@ -18,8 +18,9 @@ import torch
 from kernels import get_ops
 
 from .config import HoVLEConfig
+from .decode import DecodeRunner
 from .errors import InputError
-from .generation import GenerationResult, SamplingParams, Selector, SequenceText, Timings
+from .generation import GenerationResult, SamplingParams, SequenceText, Timings, draw_uniforms
 from .image import preprocess
 from .model import HD_DECODE_MODES, HoVLEModel, PrefillItem
 from .prompt import build_prompt, ensure_image_placeholders, expand_image_placeholders, get_template
@@ -78,7 +79,8 @@ class Engine:
         self.cfg, self.tokenizer, self.model = cfg, tokenizer, model
         self.hd_decode, self.max_context = hd_decode, max_context
         self.template = get_template(cfg.template)
-        self._caches = None
+        self.cuda_graphs = True
+        self._runner: DecodeRunner | None = None
 
     @classmethod
     def from_pretrained(
@@ -91,6 +93,7 @@ class Engine:
         hd_decode: str = "natural",
         max_context: int | None = None,
         progress: bool | None = None,
+        cuda_graphs: bool = True,
     ) -> Engine:
         """Loads a HoVLE / HoVLE-HD checkpoint folder (config.json, tokenizer files, safetensors shards)."""
         device, dtype = resolve_device_dtype(device, dtype)
@@ -106,7 +109,9 @@ class Engine:
         limit = max_context or int(rope.max_position_embeddings * (rope.factor if rope.scaling else 1))
         if not isinstance(limit, int) or limit < 2:
             raise InputError(f"max_context = {limit!r}; expected an integer >= 2")
-        return cls(cfg, tokenizer, model, hd_decode, limit)
+        engine = cls(cfg, tokenizer, model, hd_decode, limit)
+        engine.cuda_graphs = bool(cuda_graphs)  # used on CUDA only: one captured decode step per batch bucket
+        return engine
 
     # ---- requests -----------------------------------------------------------------------------------------
     def prepare(self, messages: list[dict], images: list | None = None, max_num: int | None = None) -> Request:
@@ -184,46 +189,45 @@ class Engine:
             pass
         return out.results[0] if single else out.results
 
-    def _caches_for(self, requests: list[Request], budgets: list[int]):
+    def _runner_for(self, requests: list[Request], budgets: list[int]) -> DecodeRunner:
+        """Caches (one slot per request plus a scratch slot) and their decode runner, reused while they fit."""
         emb_cap = max(len(r.ids_emb) + b for r, b in zip(requests, budgets))
         llm_cap = max(len(r.ids_llm) + b for r, b in zip(requests, budgets))
-        if self._caches is None or not all(
-            c.fits(len(requests), cap, self.model.dtype) for c, cap in zip(self._caches, (emb_cap, llm_cap))
+        slots = len(requests) + 1
+        r = self._runner
+        if r is None or not (
+            r.emb_cache.fits(slots, emb_cap, self.model.dtype) and r.llm_cache.fits(slots, llm_cap, self.model.dtype)
         ):
-            self._caches = None  # free the old allocation before making the new one
+            self._runner = None  # free the old allocation (and its graphs) before making the new one
             round_up = lambda n: -(-n // 256) * 256  # noqa: E731 - fewer reallocations across requests
-            self._caches = self.model.new_caches(len(requests), round_up(emb_cap), round_up(llm_cap))
-        for c in self._caches:
-            c.reset()
-        return self._caches
+            emb, llm = self.model.new_caches(slots, round_up(emb_cap), round_up(llm_cap))
+            quirk = self.cfg.is_hd and self.hd_decode == "reference-quirk"
+            self._runner = DecodeRunner(self.model, emb, llm, quirk, self.cuda_graphs)
+        self._runner.emb_cache.reset()
+        self._runner.llm_cache.reset()
+        return self._runner
 
     def _generate_events(self, requests, budgets, params: SamplingParams, start: float, results: list):
-        emb_cache, llm_cache = self._caches_for(requests, budgets)
+        runner = self._runner_for(requests, budgets)
         items = [PrefillItem(r.ids_llm, r.ids_emb, slot) for slot, r in enumerate(requests)]
         pixels = [r.pixel_values for r in requests if r.pixel_values is not None]
-        logits = self.model.prefill(items, torch.cat(pixels) if pixels else None, emb_cache, llm_cache)
-        selector = Selector(self.model.ops, params, requests, logits.shape[-1], logits.device)
+        logits = self.model.prefill(items, torch.cat(pixels) if pixels else None, runner.emb_cache, runner.llm_cache)
+        active = list(range(len(requests)))
+        runner.begin(active, [r.ids_llm for r in requests], params)
+        generators = [params.generator() for _ in requests]
         texts = [SequenceText(self.tokenizer.decode, params.stop) for _ in requests]
         finish = [None] * len(requests)
-        active = list(range(len(requests)))
-        tokens = selector(logits, active)
+        tokens = runner.first_tokens(logits, active, draw_uniforms(generators, active))
         ttft = time.perf_counter() - start
         decoded, t_first = 0, time.perf_counter()
         while True:
-            for slot, tok in zip(active, tokens.tolist()):
+            for slot, tok in zip(active, tokens):
                 finish[slot] = self._advance(texts[slot], tok, budgets[slot])
                 yield from ((slot, d) for d in [texts[slot].delta(finish[slot] is not None)] if d)
             active = [s for s in active if finish[s] is None]
             if not active:
                 break
-            logits = self.model.decode(
-                tokens[[i for i, s in enumerate(selector.rows) if s in active]],
-                active,
-                emb_cache,
-                llm_cache,
-                self.hd_decode,
-            )
-            tokens = selector(logits, active)
+            tokens = runner.step(active, draw_uniforms(generators, active))
             decoded += len(active)
         done = time.perf_counter()
         for r, t, f in zip(requests, texts, finish):

@@ -137,40 +137,6 @@ class SequenceText:
         return self.stopped_text if self.stopped_text is not None else self._text().rstrip()
 
 
-class Selector:
-    """Repetition penalty + sampling for the rows of the sequences still running."""
-
-    def __init__(self, ops, params: SamplingParams, requests: list, vocab: int, device: torch.device):
-        self.ops, self.params, self.rows = ops, params, []
-        n = len(requests)
-        self.generators = [params.generator() for _ in requests]
-        self.seen = None
-        if params.repetition_penalty != 1.0:
-            self.seen = torch.zeros(n, vocab, dtype=torch.bool, device=device)
-            for i, r in enumerate(requests):
-                self.seen[i, torch.tensor(r.ids_llm, device=device)] = True
-
-    def _uniform(self, active: list[int]) -> torch.Tensor:
-        """One draw per running row from that request's own generator (zeros when greedy: unused)."""
-        draws = [float(torch.rand((), generator=self.generators[s], dtype=torch.float64)) if self.generators[s]
-                 else 0.0 for s in active]  # fmt: skip
-        return torch.tensor(draws, dtype=torch.float32)
-
-    def __call__(self, logits: torch.Tensor, active: list[int]) -> torch.Tensor:
-        p, b = self.params, len(active)
-        self.rows = list(active)
-        ops = self.ops
-        if self.seen is not None:
-            penalty = torch.full((b,), p.repetition_penalty, device=logits.device)
-            logits = ops.repetition_penalty(logits, self.seen[active], penalty)
-        full = lambda v, dt: torch.full((b,), v, dtype=dt, device=logits.device)  # noqa: E731
-        tokens = ops.sample(
-            logits,
-            full(p.temperature, torch.float32),
-            full(p.top_k, torch.int64),
-            full(p.top_p, torch.float32),
-            self._uniform(active).to(logits.device),
-        )
-        if self.seen is not None:
-            self.seen[active, tokens] = True
-        return tokens
+def draw_uniforms(generators: list[torch.Generator | None], rows: list[int]) -> list[float]:
+    """One draw in [0, 1) per running row from that request's own generator (0 for greedy rows: unused)."""
+    return [float(torch.rand((), generator=generators[r], dtype=torch.float64)) if generators[r] else 0.0 for r in rows]

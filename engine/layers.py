@@ -111,6 +111,27 @@ def make_batch(
     )
 
 
+def decode_batch(
+    rope: Rope,
+    slots: torch.Tensor,
+    positions: torch.Tensor,
+    kv_lens: torch.Tensor,
+    dtype: torch.dtype,
+    max_kv: int,
+    store: bool = True,
+) -> StackBatch:
+    """Metadata of one decode step from device tensors only (no host reads: CUDA-graph capturable).
+
+    slots, positions, kv_lens: (B,) int64 on the device. Each sequence stores its token at `positions` (when
+    `store`) and attends to `kv_lens` keys; `max_kv` is a host-side bound on kv_lens for launch sizing.
+    """
+    cos, sin = rope.cos_sin_device(positions, kv_lens, dtype)
+    return StackBatch(
+        cos=cos, sin=sin, token_slots=slots, token_pos=positions, cu_seqlens=None, prefix_lens=None, slots=slots,
+        kv_lens=kv_lens, decode=True, max_new=1, max_kv=max_kv, store=store,
+    )  # fmt: skip
+
+
 class DecoderStack:
     """InternLM2 layers: x += Attn(RMSNorm(x)); x += MLP(RMSNorm(x)), with the residual add fused into the norm."""
 

@@ -19,7 +19,7 @@ from kernels import Ops
 from .config import HoVLEConfig
 from .errors import InputError, WeightsError
 from .kv_cache import KVCache
-from .layers import DecoderStack, make_batch, take_layer
+from .layers import DecoderStack, decode_batch, make_batch, take_layer
 from .rope import Rope
 
 EMB = "embedding_model."
@@ -153,24 +153,47 @@ class HoVLEModel:
             out = out[llm_batch.cu_seqlens[1:].long() - 1]  # last token of each sequence
         return F.linear(out, self.head).float()
 
+    def decode_step(
+        self,
+        tokens: torch.Tensor,
+        slots: torch.Tensor,
+        emb_pos: torch.Tensor,
+        llm_pos: torch.Tensor,
+        emb_cache: KVCache,
+        llm_cache: KVCache,
+        max_kv: tuple[int, int],
+        hd_prompt_lens: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One new token per sequence, entirely from device tensors (no host reads: CUDA-graph capturable).
+
+        tokens, slots, emb_pos, llm_pos: (B,) int64; each token is stored at emb_pos / llm_pos of its slot and
+        attends to everything before it. hd_prompt_lens (B,): HoVLE-HD "reference-quirk" decoding (spec 3.5): the
+        embedding module sees the token at position N_hd - 1, attending to the N_hd prompt keys only, storing
+        nothing. max_kv: host-side bounds on the keys attended per stack (launch sizing). Returns logits (B, V).
+        """
+        x = self.text_table[tokens]  # (B, C)
+        if hd_prompt_lens is not None:
+            emb_b = decode_batch(self.emb_rope, slots, hd_prompt_lens - 1, hd_prompt_lens, self.dtype, max_kv[0], False)
+        else:
+            emb_b = decode_batch(self.emb_rope, slots, emb_pos, emb_pos + 1, self.dtype, max_kv[0])
+        llm_b = decode_batch(self.llm_rope, slots, llm_pos, llm_pos + 1, self.dtype, max_kv[1])
+        h = self._normalize(self.emb_stack.forward(x, emb_b, emb_cache))
+        out = self.llm_stack.forward(h, llm_b, llm_cache, final_norm=self.final_norm)
+        return F.linear(out, self.head).float()
+
     def decode(
         self, tokens: torch.Tensor, slots: list[int], emb_cache: KVCache, llm_cache: KVCache, hd_decode: str = "natural"
     ) -> torch.Tensor:
-        """tokens: (B,) one new token per sequence in `slots`. Returns fp32 logits (B, V)."""
-        ones = [1] * len(slots)
-        x = self.text_table[tokens.to(self.device)]  # (B, C)
-        if self.cfg.is_hd and hd_decode == "reference-quirk":
-            # Spec 3.5: the released HD code gives the new token position N_hd - 1 and lets it see only the prompt.
-            n_hd = [emb_cache.lengths[s] for s in slots]
-            emb_batch = make_batch(
-                self.emb_rope, slots, n_hd, ones, self.dtype, self.device, [n - 1 for n in n_hd], store=False
-            )
-        else:
-            emb_batch = self._batch(self.emb_rope, emb_cache, slots, ones)
-        llm_batch = self._batch(self.llm_rope, llm_cache, slots, ones)
-        h = self._normalize(self.emb_stack.forward(x, emb_batch, emb_cache))
-        out = self.llm_stack.forward(h, llm_batch, llm_cache, final_norm=self.final_norm)
-        return F.linear(out, self.head).float()
+        """Convenience decode from host-side cache lengths (advances them). tokens: (B,). Returns logits (B, V)."""
+        quirk = self.cfg.is_hd and hd_decode == "reference-quirk"
+        emb_len = [emb_cache.lengths[s] if quirk else emb_cache.reserve(s, 1) for s in slots]
+        llm_len = [llm_cache.reserve(s, 1) for s in slots]
+        as_t = lambda v: torch.tensor(v, dtype=torch.int64, device=self.device)  # noqa: E731
+        max_kv = (max(emb_len) + 1, max(llm_len) + 1)
+        hd = as_t(emb_len) if quirk else None
+        return self.decode_step(
+            tokens.to(self.device), as_t(slots), as_t(emb_len), as_t(llm_len), emb_cache, llm_cache, max_kv, hd
+        )
 
     def _batch(self, rope: Rope, cache: KVCache, slots: list[int], lens: list[int]):
         prefixes = [cache.reserve(s, n) for s, n in zip(slots, lens)]

@@ -54,3 +54,28 @@ class Rope:
                     freqs[rows] = pos[rows, None] * self._dynamic_inv_freq(int(n))[None, :]
         angles = torch.cat((freqs, freqs), dim=-1)  # (T, D): rotate-half pairs i with i + D/2
         return angles.cos().to(dtype), angles.sin().to(dtype)
+
+    def cos_sin_device(
+        self, positions: torch.Tensor, kv_lens: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos_sin for device tensors without any host read (CUDA-graph capturable), same numerics.
+
+        The dynamic-NTK base is computed per token in float64 and rounded to fp32 before the fp32 power, as the
+        reference turns a Python float base into an fp32 power.
+        """
+        c = self.cfg
+        pos = positions.to(torch.float32)
+        if c.scaling == "linear":
+            pos = pos / c.factor
+        inv = self.inv_freq[None, :]  # (1, D/2)
+        if c.scaling == "dynamic":
+            n = kv_lens.to(torch.float64)
+            base = c.theta * ((c.factor * n / c.max_position_embeddings) - (c.factor - 1)) ** (
+                c.head_dim / (c.head_dim - 2)
+            )
+            exponents = torch.arange(0, c.head_dim, 2, device=pos.device, dtype=torch.int64).float() / c.head_dim
+            scaled = 1.0 / (base.to(torch.float32)[:, None] ** exponents[None, :])  # (T, D/2)
+            inv = torch.where((kv_lens > c.max_position_embeddings)[:, None], scaled, inv)
+        freqs = pos[:, None] * inv  # (T, D/2)
+        angles = torch.cat((freqs, freqs), dim=-1)  # (T, D)
+        return angles.cos().to(dtype), angles.sin().to(dtype)

@@ -187,3 +187,35 @@ def test_cli_generate_runs_on_a_checkpoint(root, tmp_path):
     assert "2x1 grid" in out.stdout and "tokens: 6 generated" in out.stdout and "<IMG_CONTEXT>x12" in out.stdout
     bad = subprocess.run(cmd[:5] + [str(tmp_path / "missing")], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "config.json" in bad.stderr
+
+
+def test_finished_sequences_stop_costing_work(root, monkeypatch):
+    """A sequence that hits its budget leaves the decode step; the others go on alone."""
+    eng = Engine.from_pretrained(make_checkpoint(root, "pre"), device="cpu", dtype=torch.float32, max_context=200)
+    short, long = "Hi.", "Describe everything about this long prompt " * 2
+    steps = []
+    from engine.decode import DecodeRunner
+
+    real_step = DecodeRunner.step
+    monkeypatch.setattr(
+        DecodeRunner, "step", lambda self, slots, u: steps.append(list(slots)) or real_step(self, slots, u)
+    )
+    results = eng.generate([long, short], max_new_tokens=40)
+    budget_long = 200 - results[0].prompt_tokens
+    assert results[0].finish_reason == "length" and len(results[0].token_ids) == budget_long < 40
+    assert len(results[1].token_ids) == 40
+    assert all(s == [0, 1] for s in steps[: budget_long - 1]) and all(s == [1] for s in steps[budget_long - 1 :])
+    assert sum(len(s) for s in steps) == (budget_long - 1) + 39
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("variant", ["pre", "post"])
+def test_cuda_graph_decode_equals_eager(root, variant):
+    path = make_checkpoint(root, variant, "hovle-hd" if variant == "post" else "hovle")
+    prompts = ["Describe.", "<image>\nWhat is here?", "A longer question about nothing at all."]
+    images = [noise_image(100, 60, 1), noise_image(60, 60, 2), None]
+    outs = []
+    for graphs in (True, False):
+        eng = Engine.from_pretrained(path, device="cuda", dtype=torch.float32, cuda_graphs=graphs)
+        outs.append([r.token_ids for r in eng.generate(prompts, images, max_num=2, max_new_tokens=24)])
+    assert outs[0] == outs[1]
