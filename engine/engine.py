@@ -222,7 +222,7 @@ class Engine:
         decoded, t_first = 0, time.perf_counter()
         while True:
             for slot, tok in zip(active, tokens):
-                finish[slot] = self._advance(texts[slot], tok, budgets[slot])
+                finish[slot] = self._advance(texts[slot], tok, budgets[slot], params.ignore_eos)
                 yield from ((slot, d) for d in [texts[slot].delta(finish[slot] is not None)] if d)
             active = [s for s in active if finish[s] is None]
             if not active:
@@ -235,8 +235,8 @@ class Engine:
             ids = t.ids[:-1] if f == "stop" and t.ids[-1] == self.tokenizer.im_end_id else t.ids
             results.append(GenerationResult(t.final_text(), ids, len(r.ids_llm), f, r.tiles, timing))
 
-    def _advance(self, text: SequenceText, token: int, budget: int) -> str | None:
-        if token == self.tokenizer.im_end_id:
+    def _advance(self, text: SequenceText, token: int, budget: int, ignore_eos: bool = False) -> str | None:
+        if token == self.tokenizer.im_end_id and not ignore_eos:
             return "stop"
         if text.add(token):
             return "stop"

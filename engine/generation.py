@@ -29,6 +29,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False  # keep generating through <|im_end|> (benchmarks: exactly max_new_tokens per sequence)
 
     def __post_init__(self):
         def bad(name: str, expected: str):
@@ -48,6 +49,8 @@ class SamplingParams:
             bad("seed", "None or an integer in [0, 2**63)")
         if not all(isinstance(s, str) and s for s in self.stop):
             bad("stop", "a non-empty string or a list of non-empty strings")
+        if not isinstance(self.ignore_eos, bool):
+            bad("ignore_eos", "True or False")
 
     @classmethod
     def build(cls, stop: str | list[str] | tuple[str, ...] | None = None, **kw) -> SamplingParams:

@@ -61,9 +61,12 @@ def rope_parameters(c: dict) -> dict:
     return params
 
 
+ATTN_IMPLEMENTATION = "eager"  # the tests' setting; the end-to-end benchmark switches it to "sdpa"
+
+
 def llama_config(c: dict, eps_default: float, max_pos_default: int) -> LlamaConfig:
     sizes = {k: int(c[k]) for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")}
-    fixed = dict(attention_bias=False, mlp_bias=False, hidden_act="silu", attn_implementation="eager")
+    fixed = dict(attention_bias=False, mlp_bias=False, hidden_act="silu", attn_implementation=ATTN_IMPLEMENTATION)
     return LlamaConfig(
         **sizes,
         **fixed,

@@ -1,0 +1,194 @@
+"""End-to-end benchmark at full HoVLE size against the Hugging Face reference (needs a CUDA GPU).
+
+Writes a full-size checkpoint in the released layout (real HoVLE config, F32 sharded safetensors, ~10.4 GB,
+random weights; HoVLE-HD shares its shards and differs only in config.json) and measures side by side:
+load time; time to first token for text only, one 448 px tile and a 12-tile (+ thumbnail) image; decode
+tokens/s at several batch sizes with 256 new tokens (EOS ignored) and the achieved bandwidth
+(weight bytes + KV bytes read per step) / step time as a fraction of the copy bandwidth measured in the same run;
+peak GPU memory. Providers: our engine (Triton, CUDA graphs on / off) and the reference of the tests
+(transformers' Llama layers, bf16, SDPA attention, DynamicCache; batch 1 only: it holds one sequence).
+The tokenizer is the small bundled one, so prompts are shorter than with the real tokenizer; the model sizes
+(vocabulary table and output head of 92553 rows included) are the real ones.
+
+    python benchmarks/bench_e2e.py [--dir /tmp/hovle-full] [--batches 1,8,32,64] [--new-tokens 256]
+
+Rows go to benchmarks/results/e2e.jsonl and the console log to benchmarks/results/e2e-<date>-<commit>.log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import RESULTS, ROOT, append_rows, measured_peaks, provenance
+from PIL import Image
+
+from engine import Engine  # noqa: E402
+from engine.checkpoint_writer import write_checkpoint  # noqa: E402
+from engine.config import HoVLEConfig  # noqa: E402
+from engine.default_model import TOKENIZER_FILES, config_dict, random_tensors  # noqa: E402
+from engine.tokenizer import write_tokenizer_files  # noqa: E402
+
+TEXT_PROMPT = "Summarise the main ideas of modern inference engines for vision-language models in a few sentences."
+
+
+def write_full_checkpoints(root: Path) -> dict[str, Path]:
+    """HoVLE (written once) and HoVLE-HD (its shards linked, its own config.json)."""
+    paths = {"hovle": root / "hovle", "hovle-hd": root / "hovle-hd"}
+    if not (paths["hovle"] / "config.json").is_file():
+        with tempfile.TemporaryDirectory() as tmp:
+            tok = write_tokenizer_files(Path(tmp) / "tok")
+            files = {n: (Path(tmp) / "tok" / n).read_bytes() for n in TOKENIZER_FILES}
+        raw = config_dict("hovle", img_context_token_id=tok.img_context_id)
+        t0 = time.perf_counter()
+        write_checkpoint(paths["hovle"], raw, random_tensors(HoVLEConfig.from_dict(raw)), extra_files=files,
+                         overwrite=True)  # fmt: skip
+        print(f"wrote {paths['hovle']} in {time.perf_counter() - t0:.0f} s")
+    hd = paths["hovle-hd"]
+    if not (hd / "config.json").is_file():
+        hd.mkdir(parents=True, exist_ok=True)
+        for f in paths["hovle"].iterdir():
+            if f.name != "config.json" and not (hd / f.name).exists():
+                (hd / f.name).symlink_to(f.resolve())
+        raw = json.loads((paths["hovle"] / "config.json").read_text())
+        raw["embedding_config"]["pixel_shuffle_loc"] = "post"
+        (hd / "config.json").write_text(json.dumps(raw, indent=2))
+    return paths
+
+
+def photo(width: int, height: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    img = np.stack([x * 255 // width, y * 255 // height, (x + y) % 256], -1) + rng.integers(0, 40, (height, width, 3))
+    return Image.fromarray((img % 256).astype(np.uint8))
+
+
+SCENARIOS = {"text": (None, 1), "one_tile": ((448, 448), 1), "max12": ((1792, 1344), 12)}
+
+
+def _sync() -> None:
+    torch.cuda.synchronize()
+
+
+def weight_bytes_per_step(engine: Engine) -> int:
+    """Bytes of weights a decode step reads: every layer of both stacks, the final norm and the output head."""
+    m, n = engine.model, 0
+    for stack in (m.emb_stack, m.llm_stack):
+        for layer in stack.layers:
+            n += sum(t.numel() * t.element_size() for t in vars(layer).values())
+    return n + m.final_norm.numel() * m.final_norm.element_size() + m.head.numel() * m.head.element_size()
+
+
+def kv_bytes_per_token(engine: Engine) -> tuple[int, int]:
+    cfg, item = engine.cfg, torch.finfo(engine.model.dtype).bits // 8
+    per = lambda s: 2 * s.num_layers * s.num_kv_heads * s.head_dim * item  # noqa: E731 - K and V of one token
+    return per(cfg.embedding.stack), per(cfg.llm.stack)
+
+
+def bench_ours(model: str, path: Path, provider: str, graphs: bool, batches: list[int], new: int) -> list[dict]:
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    eng = Engine.from_pretrained(path, device="cuda", dtype=torch.bfloat16, backend="triton", cuda_graphs=graphs)
+    _sync()
+    load_s, rows = time.perf_counter() - t0, []
+    base = {"model": model, "provider": provider, "load_s": load_s}
+    for name, (size, max_num) in SCENARIOS.items():
+        img = photo(*size) if size else None
+        eng.generate(TEXT_PROMPT, img, max_num=max_num, max_new_tokens=2)  # warm-up (autotune, graphs)
+        ttfts = []
+        for _ in range(3):
+            r = eng.generate(TEXT_PROMPT, img, max_num=max_num, max_new_tokens=1)
+            ttfts.append(r.timings.ttft_s)
+        rows.append({**base, "scenario": f"ttft_{name}", "batch": 1, "ttft_ms": statistics.median(ttfts) * 1e3,
+                     "prompt_tokens": r.prompt_tokens, "tiles": sum(r.tiles)})  # fmt: skip
+    w_bytes, (kv_emb, kv_llm) = weight_bytes_per_step(eng), kv_bytes_per_token(eng)
+    for b in batches:
+        eng.generate([TEXT_PROMPT] * b, max_new_tokens=4, ignore_eos=True)  # warm-up of this bucket
+        rs = eng.generate([TEXT_PROMPT] * b, max_new_tokens=new, ignore_eos=True)
+        step_s = b / rs[0].timings.decode_tok_s
+        ctx = rs[0].prompt_tokens + new / 2  # mean context over the decode steps
+        n_emb = ctx + (len(eng.prepare([{"role": "user", "content": TEXT_PROMPT}]).ids_emb) - rs[0].prompt_tokens)
+        moved = w_bytes + b * (n_emb * kv_emb + ctx * kv_llm)
+        gbps = moved / step_s / 1e9
+        rows.append({**base, "scenario": "decode", "batch": b, "decode_tok_s": rs[0].timings.decode_tok_s,
+                     "ttft_ms": rs[0].timings.ttft_s * 1e3, "step_ms": step_s * 1e3, "gbps": gbps,
+                     "bw_frac": gbps / measured_peaks()["copy_gbps"], "new_tokens": new})  # fmt: skip
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    del eng
+    return [{**r, "peak_mem_gb": peak} for r in rows]
+
+
+def bench_reference(model: str, path: Path, new: int) -> list[dict]:
+    """The tests' reference (transformers Llama layers, bf16, SDPA, DynamicCache), batch 1, greedy."""
+    sys.path.insert(0, str(ROOT))
+    import tests.reference as ref_mod
+
+    ref_mod.ATTN_IMPLEMENTATION = "sdpa"
+    prep = Engine.from_pretrained(path, device="cpu", dtype=torch.float32)  # tokenizer + preprocessing only
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    ref = ref_mod.ReferenceHoVLE.from_dir(str(path), dtype=torch.bfloat16, device="cuda")
+    _sync()
+    base, rows = {"model": model, "provider": "hf-reference-sdpa", "load_s": time.perf_counter() - t0}, []
+    for name, (size, max_num) in SCENARIOS.items():
+        t1 = time.perf_counter()
+        req = prep.prepare([{"role": "user", "content": TEXT_PROMPT}], [photo(*size)] if size else [], max_num)
+        pixels = req.pixel_values.cuda() if req.pixel_values is not None else None
+        ref.emb_cache, ref.llm_cache = type(ref.emb_cache)(), type(ref.llm_cache)()  # a new sequence, same weights
+        ref.quirk_steps = 0
+        logits = ref.prefill(req.ids_emb, req.ids_llm, pixels)[-1]
+        _sync()
+        ttft = time.perf_counter() - t1
+        rows.append({**base, "scenario": f"ttft_{name}", "batch": 1, "ttft_ms": ttft * 1e3,
+                     "prompt_tokens": len(req.ids_llm), "tiles": sum(req.tiles)})  # fmt: skip
+    tok, t1 = int(logits.argmax()), time.perf_counter()
+    for _ in range(new - 1):
+        tok = int(ref.decode_step(tok).argmax())
+    _sync()
+    rate = (new - 1) / (time.perf_counter() - t1)
+    rows.append({**base, "scenario": "decode", "batch": 1, "decode_tok_s": rate, "new_tokens": new,
+                 "note": "context after the last (12-tile) scenario's prompt"})  # fmt: skip
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    return [{**r, "peak_mem_gb": peak} for r in rows]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dir", default=str(Path(tempfile.gettempdir()) / "hovle-full"))
+    p.add_argument("--batches", default="1,8,32,64")
+    p.add_argument("--new-tokens", type=int, default=256)
+    p.add_argument("--models", default="hovle,hovle-hd")
+    p.add_argument("--skip-reference", action="store_true")
+    args = p.parse_args()
+    if not torch.cuda.is_available():
+        print("bench_e2e: no CUDA device here; this benchmark needs a GPU (nothing measured).")
+        return 0
+    prov = provenance()
+    log = RESULTS / f"e2e-{prov['date'][:10]}-{prov['commit']}.log"
+    paths = write_full_checkpoints(Path(args.dir))
+    batches = [int(b) for b in args.batches.split(",")]
+    peaks = measured_peaks()
+    rows = []
+    for model in args.models.split(","):
+        rows += bench_ours(model, paths[model], "engine-triton-graphs", True, batches, args.new_tokens)
+        rows += bench_ours(model, paths[model], "engine-triton-eager", False, batches, args.new_tokens)
+        if not args.skip_reference:
+            rows += bench_reference(model, paths[model], args.new_tokens)
+    rows = [{**r, **peaks, **prov} for r in rows]
+    append_rows(rows, "e2e.jsonl")
+    with open(log, "a", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
