@@ -1,0 +1,69 @@
+"""patch_embed with the fused pixel shuffle: Triton vs the unfused torch sequence and torch.compile of the reference.
+
+448 x 448 tiles (32 x 32 patches of 14 px), C = 2048, bf16, 1 and 13 tiles. FLOPs per call: the conv GEMM,
+2 * N * 1024 * 588 * 2048 (the same count for every provider).
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+if __package__ in (None, ""):  # run as a script: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import append_rows, bench_ms, compiled, row  # noqa: E402
+from kernels.patch_embed import patch_embed, patch_embed_ref, weight_layout  # noqa: E402
+from kernels.pixel_shuffle import pixel_shuffle_ref  # noqa: E402
+
+TILES = [1, 13]
+SIDE, PATCH, C = 448, 14, 2048
+
+
+def torch_unfused(pixels, weight, bias, pos):
+    """What a plain PyTorch port runs: cuDNN conv in bf16, the pos add, then the shuffle as a separate copy."""
+    out = F.conv2d(pixels.to(weight.dtype), weight, bias, stride=PATCH)  # (N, C, g, g)
+    out = out.flatten(2).transpose(1, 2) + pos  # (N, C, P) -> (N, P, C)
+    return pixel_shuffle_ref(out, SIDE // PATCH)  # (N, P, C) -> (N, P/4, 4C), a copy
+
+
+def time_or_none(fn, args: tuple) -> float | None:
+    """Milliseconds of fn(*args), or None where the provider fails (torch.compile raises on its first call)."""
+    if fn is None:
+        return None
+    try:
+        fn(*args)
+        return bench_ms(lambda: fn(*args))
+    except Exception as exc:  # noqa: BLE001 - report and skip this provider
+        print(f"skipped: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
+
+
+def run() -> list[dict]:
+    if not torch.cuda.is_available():
+        print("bench_patch_embed: no CUDA device, nothing to time", file=sys.stderr)
+        return []
+    rows, dtype = [], torch.bfloat16
+    shuffled_ref = compiled(lambda px, w, b, pos: patch_embed_ref(px, w, b, pos, shuffle=True))
+    for n in TILES:
+        pixels = torch.randn(n, 3, SIDE, SIDE, device="cuda").to(dtype)
+        weight = (torch.randn(C, 3, PATCH, PATCH, device="cuda") / 24.0).to(dtype)
+        bias = torch.randn(C, device="cuda", dtype=dtype)
+        pos = torch.randn((SIDE // PATCH) ** 2, C, device="cuda", dtype=dtype)
+        w_fast = weight_layout(weight)  # the layout the engine can keep: no per-call weight copy
+        providers = {
+            "triton": (patch_embed, (pixels, w_fast, bias, pos, True)),
+            "triton_weight_copy": (patch_embed, (pixels, weight, bias, pos, True)),
+            "torch": (torch_unfused, (pixels, weight, bias, pos)),
+            "torch_compile": (shuffled_ref, (pixels, weight, bias, pos)),
+        }
+        flops = 2 * n * (SIDE // PATCH) ** 2 * 3 * PATCH * PATCH * C
+        for name, (fn, args) in providers.items():
+            ms = time_or_none(fn, args)
+            if ms is not None:
+                rows.append(row("patch_embed", f"N={n} S={SIDE} C={C} shuffle", dtype, name, ms, flops=flops))
+    return rows
+
+
+if __name__ == "__main__":
+    append_rows(run())
