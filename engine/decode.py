@@ -33,8 +33,9 @@ class DecodeRunner:
         self.top_k = zeros(torch.int64)
         self.seen = torch.zeros(n, model.cfg.llm.vocab_size, dtype=torch.bool, device=dev)
         self.use_penalty = False
+        self.all_greedy = True
         self.graphs_on = cuda_graphs and dev.type == "cuda"
-        self._graphs: dict[tuple[int, bool], tuple] = {}
+        self._graphs: dict[tuple[int, bool, bool], tuple] = {}
         self._pool = None
 
     # ---- state ---------------------------------------------------------------------------------------------
@@ -51,6 +52,7 @@ class DecodeRunner:
         self.top_p[idx] = params.top_p
         self.penalty[idx] = params.repetition_penalty
         self.use_penalty = params.repetition_penalty != 1.0
+        self.all_greedy = params.temperature == 0  # known on the host: a plain argmax, no sort
         self.seen[idx] = False
         if self.use_penalty:
             for s, ids in zip(slots, prompts):
@@ -60,7 +62,10 @@ class DecodeRunner:
         ops = self.model.ops
         if self.use_penalty:
             logits = ops.repetition_penalty(logits, self.seen[slots], self.penalty[slots])
-        new = ops.sample(logits, self.temperature[slots], self.top_k[slots], self.top_p[slots], uniform)
+        if self.all_greedy:
+            new = ops.greedy(logits)
+        else:
+            new = ops.sample(logits, self.temperature[slots], self.top_k[slots], self.top_p[slots], uniform)
         self.tokens[slots] = new
         if self.use_penalty:
             self.seen[slots, new] = True
@@ -110,7 +115,7 @@ class DecodeRunner:
         bucket = next((b for b in BUCKETS if b >= len(slots)), None)
         if bucket is None:
             return None
-        key = (bucket, self.use_penalty)  # the penalty ops are only in a graph captured with them
+        key = (bucket, self.use_penalty, self.all_greedy)  # a graph holds the selection ops it was captured with
         if key not in self._graphs and not self._capture(key):
             return None
         graph, slot_buf, uniform_buf, out = self._graphs[key]
@@ -120,7 +125,7 @@ class DecodeRunner:
         graph.replay()
         return out[: len(slots)].tolist()
 
-    def _capture(self, key: tuple[int, bool]) -> bool:
+    def _capture(self, key: tuple[int, bool, bool]) -> bool:
         """Captures the step for `bucket` rows (warmed up on the scratch slot, so no real sequence is touched)."""
         bucket, dev = key[0], self.model.device
         slot_buf = torch.full((bucket,), self.scratch, dtype=torch.int64, device=dev)

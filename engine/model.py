@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels import Ops
+from kernels.patch_embed import weight_layout
 
 from .config import HoVLEConfig
 from .errors import InputError, WeightsError
@@ -56,6 +57,8 @@ class HoVLEModel:
         sample = w[EMB + "llm_text_embeddings.weight"]
         self.dtype, self.device = sample.dtype, sample.device
         self.patch_w = w.pop(EMB + "vision_embeddings.patch_embedding.weight")
+        if ops.name == "triton":
+            self.patch_w = weight_layout(self.patch_w)  # (C, 3, p, p) stored C-innermost: the kernel's fast layout
         self.patch_b = w.pop(EMB + "vision_embeddings.patch_embedding.bias")
         self.pos = _position_table(w.pop(EMB + "vision_embeddings.position_embedding"), cfg.patch_grid)
         self.text_table = w.pop(EMB + "llm_text_embeddings.weight")
@@ -81,25 +84,32 @@ class HoVLEModel:
         return emb, llm
 
     # ---- vision -------------------------------------------------------------------------------------------
-    def patch_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(N, 3, S, S) normalised tiles -> (N, P, C) patch tokens with position embedding."""
+    def patch_tokens(self, pixel_values: torch.Tensor, shuffle: bool = False) -> torch.Tensor:
+        """(N, 3, S, S) normalised tiles -> (N, P, C) patch tokens with position embedding, or with `shuffle`
+        directly in the pixel-shuffled layout (N, P/4, 4C) (the shuffle fused into the patch embedding's store)."""
         pixels = pixel_values.to(self.device, self.dtype)
-        return self.ops.patch_embed(pixels, self.patch_w, self.patch_b, self.pos)
+        return self.ops.patch_embed(pixels, self.patch_w, self.patch_b, self.pos, shuffle)
 
-    def shuffle_project(self, patches: torch.Tensor) -> torch.Tensor:
-        """(N, P, C) -> (N * P/4, C): pixel shuffle then Linear -> GELU(erf) -> Linear."""
+    def project(self, merged: torch.Tensor) -> torch.Tensor:
+        """(N, P/4, 4C) shuffled patches -> (N * P/4, C): Linear -> GELU(erf) -> Linear."""
         w0, b0, w2, b2 = self.proj
-        merged = self.ops.pixel_shuffle(patches, self.cfg.patch_grid)  # (N, P/4, 4C)
         merged = merged.reshape(-1, merged.shape[-1])  # (N, P/4, 4C) -> (N P/4, 4C)
         return F.linear(F.gelu(F.linear(merged, w0, b0)), w2, b2)
+
+    def shuffle_project(self, patches: torch.Tensor) -> torch.Tensor:
+        """(N, P, C) -> (N * P/4, C): pixel shuffle, then the projection."""
+        return self.project(self.ops.pixel_shuffle(patches, self.cfg.patch_grid))
 
     def _image_rows(self, pixel_values: torch.Tensor | None, expected: int) -> torch.Tensor | None:
         if expected == 0:
             return None
         if pixel_values is None:
             raise InputError(f"the prompt holds {expected} image-context tokens but no image was given")
-        patches = self.patch_tokens(pixel_values)
-        rows = patches.reshape(-1, patches.shape[-1]) if self.cfg.is_hd else self.shuffle_project(patches)
+        if self.cfg.is_hd:
+            patches = self.patch_tokens(pixel_values)  # raw patch tokens go into the embedding layers
+            rows = patches.reshape(-1, patches.shape[-1])  # (N, P, C) -> (N P, C)
+        else:
+            rows = self.project(self.patch_tokens(pixel_values, shuffle=True))
         if rows.shape[0] != expected:
             raise InputError(
                 f"the prompt holds {expected} image-context tokens but the {pixel_values.shape[0]} tiles give "

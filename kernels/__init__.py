@@ -18,7 +18,7 @@ from .patch_embed import patch_embed_ref
 from .pixel_shuffle import pixel_shuffle_ref
 from .rms_norm import rms_norm_ref
 from .rotary import rotary_ref
-from .sample import repetition_penalty_ref, sample_ref
+from .sample import greedy_ref, repetition_penalty_ref, sample_ref
 from .swiglu import swiglu_ref
 
 BACKENDS = ("torch", "triton")
@@ -39,6 +39,7 @@ class Ops:
     pixel_shuffle: Callable
     repetition_penalty: Callable
     sample: Callable
+    greedy: Callable
 
 
 TORCH_OPS = Ops(
@@ -53,6 +54,7 @@ TORCH_OPS = Ops(
     pixel_shuffle=pixel_shuffle_ref,
     repetition_penalty=repetition_penalty_ref,
     sample=sample_ref,
+    greedy=greedy_ref,
 )
 
 
@@ -67,6 +69,7 @@ _LAUNCHERS = {  # Ops field -> (module, Triton launcher name)
     "pixel_shuffle": ("pixel_shuffle", "pixel_shuffle"),
     "repetition_penalty": ("sample", "repetition_penalty"),
     "sample": ("sample", "sample"),
+    "greedy": ("sample", "greedy"),
 }
 
 
@@ -111,6 +114,7 @@ __all__ = [
     "attention_ref",
     "attention_torch",
     "decode_attention_torch",
+    "greedy_ref",
     "decode_attention_ref",
     "kv_store_ref",
     "patch_embed_ref",
