@@ -42,9 +42,9 @@ def default_model_speed() -> list[dict]:
     image = ROOT / "engine" / "data" / "example.png"
     for variant in ("hovle", "hovle-hd"):
         eng = Engine.from_pretrained(ensure_default_model(variant), device="cpu", dtype=torch.float32)
-        eng.generate("Warm up.", image, max_new_tokens=2)
         for batch in (1, 4):
             prompts = ["Please describe the image in detail."] * batch
+            eng.generate(prompts, [image] * batch, max_new_tokens=2)  # warm-up: this batch's caches allocated
             rs = eng.generate(prompts, [image] * batch, max_new_tokens=64)
             t = rs[0].timings
             rows.append({"op": "default_model_generate", "model": variant, "batch": batch, "tiles": rs[0].tiles[0],
