@@ -6,7 +6,8 @@ load time; time to first token for text only, one 448 px tile and a 12-tile (+ t
 tokens/s at several batch sizes with 256 new tokens (EOS ignored) and the achieved bandwidth
 (weight bytes + KV bytes read per step) / step time as a fraction of the copy bandwidth measured in the same run;
 peak GPU memory. Providers: our engine (Triton, CUDA graphs on / off) and the reference of the tests
-(transformers' Llama layers, bf16, SDPA attention, DynamicCache; batch 1 only: it holds one sequence).
+(transformers' Llama layers, bf16, SDPA attention; batch 1 only: it holds one sequence), once with DynamicCache
+(Hugging Face's default) and once with StaticCache and its decode step under torch.compile(mode="reduce-overhead").
 The tokenizer is the small bundled one, so prompts are shorter than with the real tokenizer; the model sizes
 (vocabulary table and output head of 92553 rows included) are the real ones.
 
@@ -126,38 +127,48 @@ def bench_ours(model: str, path: Path, provider: str, graphs: bool, batches: lis
     return [{**r, "peak_mem_gb": peak} for r in rows]
 
 
-def bench_reference(model: str, path: Path, new: int) -> list[dict]:
-    """The tests' reference (transformers Llama layers, bf16, SDPA, DynamicCache), batch 1, greedy."""
+def bench_reference(model: str, path: Path, new: int, static: bool) -> list[dict]:
+    """The tests' reference (transformers Llama layers, bf16, SDPA), batch 1, greedy: with DynamicCache, or with
+    StaticCache and the decode step under torch.compile(mode="reduce-overhead") (CUDA graphs)."""
     sys.path.insert(0, str(ROOT))
     import tests.reference as ref_mod
+    from tests.reference_static import StaticReferenceHoVLE
 
     ref_mod.ATTN_IMPLEMENTATION = "sdpa"
+    cls = StaticReferenceHoVLE if static else ref_mod.ReferenceHoVLE
     prep = Engine.from_pretrained(path, device="cpu", dtype=torch.float32)  # tokenizer + preprocessing only
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    ref = ref_mod.ReferenceHoVLE.from_dir(str(path), dtype=torch.bfloat16, device="cuda")
+    ref = cls.from_dir(str(path), dtype=torch.bfloat16, device="cuda")
     _sync()
-    base, rows = {"model": model, "provider": "hf-reference-sdpa", "load_s": time.perf_counter() - t0}, []
+    provider = "hf-reference-static-compile" if static else "hf-reference-sdpa"
+    base, rows = {"model": model, "provider": provider, "load_s": time.perf_counter() - t0}, []
     for name, (size, max_num) in SCENARIOS.items():
         t1 = time.perf_counter()
         req = prep.prepare([{"role": "user", "content": TEXT_PROMPT}], [photo(*size)] if size else [], max_num)
         pixels = req.pixel_values.cuda() if req.pixel_values is not None else None
-        ref.emb_cache, ref.llm_cache = type(ref.emb_cache)(), type(ref.llm_cache)()  # a new sequence, same weights
-        ref.quirk_steps = 0
+        if static:
+            ref.start(len(req.ids_emb) + new, len(req.ids_llm) + new, compile_mode="reduce-overhead")
+        else:
+            ref.emb_cache, ref.llm_cache = type(ref.emb_cache)(), type(ref.llm_cache)()  # new sequence, same weights
         logits = ref.prefill(req.ids_emb, req.ids_llm, pixels)[-1]
         _sync()
-        ttft = time.perf_counter() - t1
-        rows.append({**base, "scenario": f"ttft_{name}", "batch": 1, "ttft_ms": ttft * 1e3,
+        rows.append({**base, "scenario": f"ttft_{name}", "batch": 1, "ttft_ms": (time.perf_counter() - t1) * 1e3,
                      "prompt_tokens": len(req.ids_llm), "tiles": sum(req.tiles)})  # fmt: skip
-    tok, t1 = int(logits.argmax()), time.perf_counter()
-    for _ in range(new - 1):
+    tok, warm = int(logits.argmax()), 3  # the first compiled steps compile and capture: not timed
+    for _ in range(warm):
         tok = int(ref.decode_step(tok).argmax())
     _sync()
-    rate = (new - 1) / (time.perf_counter() - t1)
+    t1 = time.perf_counter()
+    for _ in range(new - 1 - warm):
+        tok = int(ref.decode_step(tok).argmax())
+    _sync()
+    rate = (new - 1 - warm) / (time.perf_counter() - t1)
     rows.append({**base, "scenario": "decode", "batch": 1, "decode_tok_s": rate, "new_tokens": new,
                  "note": "context after the last (12-tile) scenario's prompt"})  # fmt: skip
     peak = torch.cuda.max_memory_allocated() / 2**30
+    del ref
     return [{**r, "peak_mem_gb": peak} for r in rows]
 
 
@@ -182,7 +193,8 @@ def main() -> int:
         rows += bench_ours(model, paths[model], "engine-triton-graphs", True, batches, args.new_tokens)
         rows += bench_ours(model, paths[model], "engine-triton-eager", False, batches, args.new_tokens)
         if not args.skip_reference:
-            rows += bench_reference(model, paths[model], args.new_tokens)
+            rows += bench_reference(model, paths[model], args.new_tokens, static=False)
+            rows += bench_reference(model, paths[model], args.new_tokens, static=True)
     rows = [{**r, **peaks, **prov} for r in rows]
     append_rows(rows, "e2e.jsonl")
     with open(log, "a", encoding="utf-8") as fh:
