@@ -7,12 +7,14 @@ Rows go to benchmarks/results/cpu.jsonl with device, versions, commit and date. 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
-from common import ROOT, append_rows, provenance
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import ROOT, append_rows, provenance  # noqa: E402
 from engine import Engine  # noqa: E402
 from engine.default_model import ensure_default_model  # noqa: E402
 from engine.model import PrefillItem  # noqa: E402

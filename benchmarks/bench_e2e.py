@@ -28,9 +28,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import RESULTS, ROOT, append_rows, measured_peaks, provenance
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from PIL import Image
 
+from benchmarks.common import RESULTS, ROOT, append_rows, measured_peaks, provenance  # noqa: E402
 from engine import Engine  # noqa: E402
 from engine.checkpoint_writer import write_checkpoint  # noqa: E402
 from engine.config import HoVLEConfig  # noqa: E402

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import append_rows, bench_ms, compiled, row  # noqa: E402
+from benchmarks.common import append_rows, compiled, row, time_or_none  # noqa: E402
 from kernels.patch_embed import patch_embed, patch_embed_ref, weight_layout  # noqa: E402
 from kernels.pixel_shuffle import pixel_shuffle_ref  # noqa: E402
 
@@ -25,18 +25,6 @@ def torch_unfused(pixels, weight, bias, pos):
     out = F.conv2d(pixels.to(weight.dtype), weight, bias, stride=PATCH)  # (N, C, g, g)
     out = out.flatten(2).transpose(1, 2) + pos  # (N, C, P) -> (N, P, C)
     return pixel_shuffle_ref(out, SIDE // PATCH)  # (N, P, C) -> (N, P/4, 4C), a copy
-
-
-def time_or_none(fn, args: tuple) -> float | None:
-    """Milliseconds of fn(*args), or None where the provider fails (torch.compile raises on its first call)."""
-    if fn is None:
-        return None
-    try:
-        fn(*args)
-        return bench_ms(lambda: fn(*args))
-    except Exception as exc:  # noqa: BLE001 - report and skip this provider
-        print(f"skipped: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return None
 
 
 def run() -> list[dict]:

@@ -10,7 +10,7 @@ import torch
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import append_rows, bench_ms, compiled, row  # noqa: E402
+from benchmarks.common import append_rows, compiled, row, time_or_none  # noqa: E402
 from kernels.rms_norm import rms_norm, rms_norm_ref  # noqa: E402
 
 SHAPES = [(4096, 2048), (1, 2048), (16, 2048)]  # (T, C): prefill and decode batches at the model width
@@ -23,18 +23,6 @@ def unfused_hf(x, weight, eps, residual):
     h32 = hidden.to(torch.float32)
     h32 = h32 * torch.rsqrt(h32.pow(2).mean(-1, keepdim=True) + eps)
     return weight * h32.to(hidden.dtype), hidden
-
-
-def time_or_none(fn, args: tuple) -> float | None:
-    """Milliseconds of fn(*args), or None where the provider fails (torch.compile raises on its first call)."""
-    if fn is None:
-        return None
-    try:
-        fn(*args)
-        return bench_ms(lambda: fn(*args))
-    except Exception as exc:  # noqa: BLE001 - report and skip this provider
-        print(f"skipped: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return None
 
 
 def run() -> list[dict]:

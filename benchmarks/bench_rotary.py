@@ -10,22 +10,10 @@ import torch
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import append_rows, bench_ms, compiled, row  # noqa: E402
+from benchmarks.common import append_rows, compiled, row, time_or_none  # noqa: E402
 from kernels.rotary import rotary, rotary_ref  # noqa: E402
 
 SHAPES = [(4096, 16, 8, 128), (64, 16, 8, 128)]  # (T, Hq, Hkv, D): a prefill batch and a decode batch of 64
-
-
-def time_or_none(fn, args: tuple) -> float | None:
-    """Milliseconds of fn(*args), or None where the provider fails (torch.compile raises on its first call)."""
-    if fn is None:
-        return None
-    try:
-        fn(*args)
-        return bench_ms(lambda: fn(*args))
-    except Exception as exc:  # noqa: BLE001 - report and skip this provider
-        print(f"skipped: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return None
 
 
 def run() -> list[dict]:

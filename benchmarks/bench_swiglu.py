@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import append_rows, bench_ms, compiled, row  # noqa: E402
+from benchmarks.common import append_rows, compiled, row, time_or_none  # noqa: E402
 from kernels.swiglu import swiglu, swiglu_ref  # noqa: E402
 
 SHAPES = [(4096, 8192), (1, 8192)]  # (T, I): a prefill batch and one decode token at the model's I
@@ -21,18 +21,6 @@ def unfused_hf(gate_up):
     """Hugging Face's MLP activation: silu(gate) * up as two ops in the activation dtype."""
     gate, up = gate_up.chunk(2, dim=-1)
     return F.silu(gate) * up
-
-
-def time_or_none(fn, args: tuple) -> float | None:
-    """Milliseconds of fn(*args), or None where the provider fails (torch.compile raises on its first call)."""
-    if fn is None:
-        return None
-    try:
-        fn(*args)
-        return bench_ms(lambda: fn(*args))
-    except Exception as exc:  # noqa: BLE001 - report and skip this provider
-        print(f"skipped: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return None
 
 
 def run() -> list[dict]:

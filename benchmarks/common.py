@@ -54,6 +54,18 @@ def bench_ms(fn, warmup: int = 10, rep: int = 50) -> float:
     return float(do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
 
 
+def time_or_none(fn, args: tuple) -> float | None:
+    """Milliseconds of fn(*args), or None where the provider fails (torch.compile raises on its first call)."""
+    if fn is None:
+        return None
+    try:
+        fn(*args)
+        return bench_ms(lambda: fn(*args))
+    except Exception as exc:  # noqa: BLE001 - report and skip this provider
+        print(f"skipped: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
+
+
 _PEAKS: dict[str, float] = {}
 
 

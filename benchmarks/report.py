@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import re
 import sys
+from pathlib import Path
 
-from common import RESULTS, ROOT
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import RESULTS, ROOT  # noqa: E402
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 

@@ -13,9 +13,12 @@ import importlib
 import io
 import sys
 import traceback
+from pathlib import Path
 
 import torch
-from common import RESULTS, append_rows, measured_peaks, provenance
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import RESULTS, append_rows, measured_peaks, provenance  # noqa: E402
 
 OPS = ["rms_norm", "swiglu", "rotary", "kv_store", "attention", "decode_attention", "patch_embed", "sample"]
 
@@ -48,7 +51,7 @@ def main(ops: list[str]) -> int:
         for op in ops:
             print(f"## bench_{op}")
             try:
-                rows = importlib.import_module(f"bench_{op}").run()
+                rows = importlib.import_module(f"benchmarks.bench_{op}").run()
                 append_rows(rows)
             except Exception:  # noqa: BLE001 - one failing benchmark must not hide the others' results
                 traceback.print_exc(file=sys.stdout)

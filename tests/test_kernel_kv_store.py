@@ -5,14 +5,10 @@ import torch
 
 from kernels.kv_store import kv_store, kv_store_ref
 from tests.conftest import kernel_device, requires_cuda
+from tests.kernel_utils import bits
 
 DEV = kernel_device()
 ALL_DTYPES = [torch.float32, torch.float16, pytest.param(torch.bfloat16, marks=requires_cuda)]
-
-
-def bits(t: torch.Tensor) -> torch.Tensor:
-    """Bit patterns, so equality is exact (NaN == NaN, -0.0 != 0.0)."""
-    return t.view({2: torch.int16, 4: torch.int32}[t.element_size()])
 
 
 def qkv_views(t, hq, hkv, d, dtype, gen):

@@ -11,26 +11,10 @@ import torch.nn.functional as F
 from kernels.patch_embed import patch_embed, patch_embed_ref, weight_layout
 from kernels.pixel_shuffle import pixel_shuffle_ref
 from tests.conftest import kernel_device, requires_cuda
+from tests.kernel_utils import bits, poison_empty  # noqa: F401 - autouse fixture
 
 DEV = kernel_device()
 P = 14
-
-
-@pytest.fixture(autouse=True)
-def poison_empty(monkeypatch):
-    """Fresh outputs start as NaN, so an element the kernel forgets to write cannot pass by luck."""
-    real_empty = torch.empty
-
-    def empty(*args, **kwargs):
-        out = real_empty(*args, **kwargs)
-        return out.fill_(float("nan")) if out.is_floating_point() else out.fill_(-7)
-
-    monkeypatch.setattr(torch, "empty", empty)
-
-
-def bits(t: torch.Tensor) -> torch.Tensor:
-    """Bit patterns, so equality is exact (NaN == NaN, -0.0 != 0.0)."""
-    return t.view({2: torch.int16, 4: torch.int32}[t.element_size()])
 
 
 def inputs(n, side, c, wdtype, pdtype=torch.float32, seed=0, device=DEV):

@@ -5,26 +5,10 @@ import torch
 
 from kernels.pixel_shuffle import pixel_shuffle, pixel_shuffle_ref
 from tests.conftest import kernel_device, requires_cuda
+from tests.kernel_utils import bits, poison_empty  # noqa: F401 - autouse fixture
 
 DEV = kernel_device()
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]  # no tl.dot: bf16 is fine in the interpreter
-
-
-@pytest.fixture(autouse=True)
-def poison_empty(monkeypatch):
-    """Fresh outputs start as NaN, so an element the kernel forgets to write cannot pass by luck."""
-    real_empty = torch.empty
-
-    def empty(*args, **kwargs):
-        out = real_empty(*args, **kwargs)
-        return out.fill_(float("nan")) if out.is_floating_point() else out.fill_(-7)
-
-    monkeypatch.setattr(torch, "empty", empty)
-
-
-def bits(t: torch.Tensor) -> torch.Tensor:
-    """Bit patterns, so equality is exact (NaN == NaN, -0.0 != 0.0)."""
-    return t.view({2: torch.int16, 4: torch.int32}[t.element_size()])
 
 
 def patches(n: int, grid: int, c: int, dtype: torch.dtype, layout: str, gen: torch.Generator) -> torch.Tensor:

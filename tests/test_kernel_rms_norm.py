@@ -5,6 +5,7 @@ import torch
 
 from kernels.rms_norm import rms_norm, rms_norm_ref
 from tests.conftest import kernel_device, requires_cuda
+from tests.kernel_utils import bits, poison_empty  # noqa: F401 - autouse fixture
 
 DEV = kernel_device()
 EPS = 1e-5
@@ -13,23 +14,6 @@ ALL_DTYPES = CPU_DTYPES + [pytest.param(torch.bfloat16, marks=requires_cuda)]
 # (T, C): decode row, odd width, narrow rows packed several per program with a partial last block, the model
 # width, and a row wider than the 8192 register limit (two-pass path).
 SHAPES = [(1, 64), (3, 300), (17, 128), (5, 2048), (2, 9000)]
-
-
-@pytest.fixture(autouse=True)
-def poison_empty(monkeypatch):
-    """Fresh outputs start as NaN, so an element the kernel forgets to write cannot pass by luck."""
-    real_empty = torch.empty
-
-    def empty(*args, **kwargs):
-        out = real_empty(*args, **kwargs)
-        return out.fill_(float("nan")) if out.is_floating_point() else out.fill_(-7)
-
-    monkeypatch.setattr(torch, "empty", empty)
-
-
-def bits(t: torch.Tensor) -> torch.Tensor:
-    """Bit patterns, so equality is exact (NaN == NaN, -0.0 != 0.0)."""
-    return t.view({2: torch.int16, 4: torch.int32}[t.element_size()])
 
 
 def rows(t: int, c: int, dtype: torch.dtype, strided: bool, gen: torch.Generator) -> torch.Tensor:

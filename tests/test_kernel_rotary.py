@@ -5,26 +5,10 @@ import torch
 
 from kernels.rotary import rotary, rotary_ref, rotate, rotate_ref
 from tests.conftest import kernel_device, requires_cuda
+from tests.kernel_utils import bits, poison_empty  # noqa: F401 - autouse fixture
 
 DEV = kernel_device()
 ALL_DTYPES = [torch.float32, torch.float16, pytest.param(torch.bfloat16, marks=requires_cuda)]
-
-
-@pytest.fixture(autouse=True)
-def poison_empty(monkeypatch):
-    """Fresh outputs start as NaN, so an element the kernel forgets to write cannot pass by luck."""
-    real_empty = torch.empty
-
-    def empty(*args, **kwargs):
-        out = real_empty(*args, **kwargs)
-        return out.fill_(float("nan")) if out.is_floating_point() else out.fill_(-7)
-
-    monkeypatch.setattr(torch, "empty", empty)
-
-
-def bits(t: torch.Tensor) -> torch.Tensor:
-    """Bit patterns, so equality is exact (NaN == NaN, -0.0 != 0.0)."""
-    return t.view({2: torch.int16, 4: torch.int32}[t.element_size()])
 
 
 def rope_tables(t: int, d: int, dtype: torch.dtype, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,21 +10,10 @@ import torch
 
 from kernels.sample import greedy, repetition_penalty, repetition_penalty_ref, sample, sample_ref, sample_torch
 from tests.conftest import kernel_device, requires_cuda
+from tests.kernel_utils import poison_empty  # noqa: F401 - autouse fixture
 
 DEV = kernel_device()
 MARGIN = 1e-5
-
-
-@pytest.fixture(autouse=True)
-def poison_empty(monkeypatch):
-    """Fresh outputs start as NaN / -7, so an element the kernel forgets to write cannot pass by luck."""
-    real_empty = torch.empty
-
-    def empty(*args, **kwargs):
-        out = real_empty(*args, **kwargs)
-        return out.fill_(float("nan")) if out.is_floating_point() else out.fill_(-7)
-
-    monkeypatch.setattr(torch, "empty", empty)
 
 
 def fp64_cdf(row: torch.Tensor, t: float, k: int, p: float) -> torch.Tensor:

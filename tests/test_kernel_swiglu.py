@@ -6,23 +6,12 @@ import torch.nn.functional as F
 
 from kernels.swiglu import swiglu, swiglu_ref
 from tests.conftest import kernel_device, requires_cuda
+from tests.kernel_utils import poison_empty  # noqa: F401 - autouse fixture
 
 DEV = kernel_device()
 ALL_DTYPES = [torch.float32, torch.float16, pytest.param(torch.bfloat16, marks=requires_cuda)]
 # (T, I): one decode token, odd widths (partial blocks), many tokens (wide-block config), the model's I.
 SHAPES = [(1, 64), (7, 300), (70, 40), (2, 8192)]
-
-
-@pytest.fixture(autouse=True)
-def poison_empty(monkeypatch):
-    """Fresh outputs start as NaN, so an element the kernel forgets to write cannot pass by luck."""
-    real_empty = torch.empty
-
-    def empty(*args, **kwargs):
-        out = real_empty(*args, **kwargs)
-        return out.fill_(float("nan")) if out.is_floating_point() else out.fill_(-7)
-
-    monkeypatch.setattr(torch, "empty", empty)
 
 
 def fp64_swiglu(gate_up: torch.Tensor) -> torch.Tensor:
