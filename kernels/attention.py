@@ -38,6 +38,13 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tens
     return torch.matmul(torch.softmax(scores, dim=-1), v)  # (Hq, n, D)
 
 
+def _sequences(cu_seqlens: torch.Tensor, prefix_lens: torch.Tensor, slots: torch.Tensor):
+    """(start, end, prefix, slot) of each packed sequence, read on the host (the references may sync)."""
+    bounds, prefixes = cu_seqlens.tolist(), prefix_lens.tolist()
+    for b, slot in enumerate(slots.tolist()):
+        yield bounds[b], bounds[b + 1], prefixes[b], slot
+
+
 def attention_ref(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -56,9 +63,7 @@ def attention_ref(
     rep = hq // k_cache.shape[1]
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     out = torch.empty_like(q)
-    bounds, prefixes, slot_list = cu_seqlens.tolist(), prefix_lens.tolist(), slots.tolist()
-    for b, slot in enumerate(slot_list):
-        start, end, prefix = bounds[b], bounds[b + 1], prefixes[b]
+    for start, end, prefix, slot in _sequences(cu_seqlens, prefix_lens, slots):
         kv_len = prefix + end - start
         k = k_cache[slot, :, :kv_len].float().repeat_interleave(rep, dim=0)  # (Hkv, L, D) -> (Hq, L, D)
         v = v_cache[slot, :, :kv_len].float().repeat_interleave(rep, dim=0)
@@ -82,13 +87,11 @@ def attention_torch(
     sin: torch.Tensor | None = None,
     max_seqlen: int | None = None,  # a launch-size hint for the Triton kernel; not needed here
 ) -> torch.Tensor:
+    """Same contract as attention_ref, through torch's fused scaled_dot_product_attention (the "torch" backend)."""
     if cos is not None:
         q = rotate_ref(q, cos, sin)
-    """Same contract as attention_ref, through torch's fused scaled_dot_product_attention (the "torch" backend)."""
     out = torch.empty_like(q)
-    bounds, prefixes, slot_list = cu_seqlens.tolist(), prefix_lens.tolist(), slots.tolist()
-    for b, slot in enumerate(slot_list):
-        start, end, prefix = bounds[b], bounds[b + 1], prefixes[b]
+    for start, end, prefix, slot in _sequences(cu_seqlens, prefix_lens, slots):
         n = end - start
         k = k_cache[slot, :, : prefix + n].unsqueeze(0)  # (1, Hkv, L, D)
         v = v_cache[slot, :, : prefix + n].unsqueeze(0)

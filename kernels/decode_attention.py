@@ -69,9 +69,9 @@ def decode_attention_torch(
     sin: torch.Tensor | None = None,
     max_seq_len: int | None = None,  # a launch-size hint for the Triton kernel; not needed here
 ) -> torch.Tensor:
+    """Same contract as decode_attention_ref, through torch's fused scaled_dot_product_attention."""
     if cos is not None:
         q = rotate_ref(q, cos, sin)
-    """Same contract as decode_attention_ref, through torch's fused scaled_dot_product_attention."""
     b = q.shape[0]
     lens = seq_lens.tolist()
     max_len = max(lens)
