@@ -121,9 +121,11 @@ class Engine:
         messages = _place_images(messages, len(images))
         cfg = self.cfg
         max_num = (cfg.max_dynamic_patch if cfg.dynamic_image_size else 1) if max_num is None else max_num
+        if not isinstance(max_num, int) or isinstance(max_num, bool) or max_num < 1:
+            raise InputError(f"max_num = {max_num!r}; expected an integer >= 1 (most tiles per image)")
         inputs = [
             preprocess(
-                img, image_size=cfg.image_size, min_num=cfg.min_dynamic_patch if max_num > 1 else 1,
+                img, image_size=cfg.image_size, min_num=min(cfg.min_dynamic_patch, max_num),
                 max_num=max_num, use_thumbnail=cfg.use_thumbnail, dynamic=cfg.dynamic_image_size,
             )
             for img in images

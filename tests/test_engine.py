@@ -153,6 +153,12 @@ def test_prompt_longer_than_the_context_raises_before_running(root):
         eng.generate("word " * 200)
 
 
+@pytest.mark.parametrize("max_num", [0, -2, 1.5, "6"])
+def test_invalid_tile_budget_raises(engine, max_num):
+    with pytest.raises(InputError, match="max_num"):
+        engine.generate("Describe.", noise_image(60, 60, 1), max_num=max_num)
+
+
 def test_image_placeholder_count_mismatch(engine):
     with pytest.raises(InputError, match="2 <image> placeholders but 1 images"):
         engine.generate("<image> and <image>", noise_image(60, 60, 1))
