@@ -9,6 +9,9 @@ torchvision `Resize((448, 448)) + ToTensor + Normalize`, without depending on to
     to_pixel_values  tiles -> (n, 3, S, S) float32, ((x / 255) - mean) / std per channel
     preprocess   all of the above -> ImageInput
 
+preprocess(..., preprocess="auto") runs the last three steps as one native C++ pass instead
+(kernels.preprocess.preprocess_tiles), bit-identical to PIL; the tiling decision stays here in Python.
+
 EXIF orientation is deliberately NOT applied: the reference does not call ImageOps.exif_transpose, so a rotated
 phone photo must reach the model exactly as the reference feeds it.
 """
@@ -28,6 +31,8 @@ import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from engine.errors import ImageError
+from engine.image_input import check_max_pixels, check_size, from_array, from_tensor, rgb_array
+from kernels.preprocess import native_problem, preprocess_tiles
 
 # Pillow's default warning threshold (Image.MAX_IMAGE_PIXELS): larger images are almost always decompression
 # bombs, or scans that tile to the same 12 tiles as a smaller copy would.
@@ -35,7 +40,7 @@ DEFAULT_MAX_PIXELS = 89_478_485
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _BICUBIC = Image.Resampling.BICUBIC  # the reference calls resize() without a filter, which means BICUBIC for RGB
-_CHANNELS = (1, 3, 4)
+PREPROCESS_PATHS = ("auto", "python", "native")
 # Integer modes wider than 8 bits. PIL's convert("RGB") clips them at 255, which turns any 16-bit photo
 # white; we keep the 8 most significant bits instead (value >> 8). "I" (int32) is how Pillow represents
 # 16-bit grey data from some formats, so it gets the same rule after clipping to [0, 65535].
@@ -45,12 +50,14 @@ _TRUNCATION_LOCK = threading.Lock()
 
 @dataclass
 class ImageInput:
-    """One preprocessed image: pixel_values (num_tiles, 3, S, S) float32, grid (cols, rows), size (W, H)."""
+    """One preprocessed image: pixel_values (num_tiles, 3, S, S) float32, grid (cols, rows), size (W, H), and the
+    path that produced the pixels: "python" (PIL + torch) or "native-cpu" (kernels._native)."""
 
     pixel_values: torch.Tensor
     grid: tuple[int, int]
     num_tiles: int
     size: tuple[int, int]
+    path: str = "python"
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -65,8 +72,7 @@ def load_image(src, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     PIL's convert("RGB") does. Images with more than `max_pixels` pixels are rejected before decoding; encoded
     files are also held to Pillow's own Image.MAX_IMAGE_PIXELS, so raising max_pixels past it needs both.
     """
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
-        raise ImageError(f"max_pixels must be a positive int, got {max_pixels!r}")
+    check_max_pixels(max_pixels)
     if isinstance(src, Image.Image):
         return _decode(src, "PIL image", max_pixels)
     if isinstance(src, (str, os.PathLike)):
@@ -78,9 +84,9 @@ def load_image(src, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
         with _open(io.BytesIO(bytes(src)), label) as img:
             return _decode(img, label, max_pixels)
     if isinstance(src, np.ndarray):
-        return _from_array(src, "numpy array", max_pixels)
+        return from_array(src, "numpy array", max_pixels)
     if isinstance(src, torch.Tensor):
-        return _from_tensor(src, max_pixels)
+        return from_tensor(src, max_pixels)
     raise ImageError(
         f"unsupported image type {type(src).__name__}; expected a PIL image, a path, encoded bytes, "
         "a numpy uint8 array or a torch uint8 tensor"
@@ -105,7 +111,7 @@ def _open(fp, label: str) -> Image.Image:
 
 
 def _decode(img: Image.Image, label: str, max_pixels: int) -> Image.Image:
-    _check_size(img.width, img.height, label, max_pixels)
+    check_size(img.width, img.height, label, max_pixels)
     try:
         with _strict_truncation():
             img.load()
@@ -127,16 +133,6 @@ def _strict_truncation():
             ImageFile.LOAD_TRUNCATED_IMAGES = saved
 
 
-def _check_size(width: int, height: int, label: str, max_pixels: int) -> None:
-    if width < 1 or height < 1:
-        raise ImageError(f"{label} is empty ({width}x{height} pixels); expected width and height >= 1")
-    if width * height > max_pixels:
-        raise ImageError(
-            f"{label} is {width}x{height} = {width * height} pixels, above the limit max_pixels={max_pixels} "
-            "(decompression-bomb guard); pass a larger max_pixels if the image is genuine"
-        )
-
-
 def _to_rgb(img: Image.Image, label: str) -> Image.Image:
     if img.mode in _WIDE_INT_MODES:
         grey = np.asarray(img).astype(np.int64)  # (H, W); int64 so int32 "I" data clips instead of wrapping
@@ -147,27 +143,6 @@ def _to_rgb(img: Image.Image, label: str) -> Image.Image:
         return img.convert("RGB")
     except ValueError as e:
         raise ImageError(f"{label} has mode {img.mode!r}, which cannot be converted to RGB: {e}") from e
-
-
-def _from_array(arr: np.ndarray, label: str, max_pixels: int) -> Image.Image:
-    if arr.dtype != np.uint8:
-        raise ImageError(f"{label} has dtype {arr.dtype}; expected uint8 with values 0..255")
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[:, :, 0]  # (H, W, 1) -> (H, W)
-    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
-        raise ImageError(f"{label} has shape {tuple(arr.shape)}; expected (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)")
-    _check_size(arr.shape[1], arr.shape[0], label, max_pixels)
-    # fromarray maps (H, W) -> "L", (H, W, 3) -> "RGB", (H, W, 4) -> "RGBA"; convert copies so the caller's
-    # buffer is never shared with the result.
-    return Image.fromarray(np.ascontiguousarray(arr)).convert("RGB")
-
-
-def _from_tensor(t: torch.Tensor, max_pixels: int) -> Image.Image:
-    if t.dtype != torch.uint8:
-        raise ImageError(f"torch tensor has dtype {t.dtype}; expected torch.uint8 with values 0..255")
-    if t.ndim == 3 and t.shape[0] in _CHANNELS and t.shape[-1] not in _CHANNELS:
-        t = t.permute(1, 2, 0)  # (C, H, W) -> (H, W, C)
-    return _from_array(t.detach().cpu().numpy(), "torch tensor", max_pixels)
 
 
 # ----------------------------------------------------------------------------------------------- tiling
@@ -275,18 +250,42 @@ def preprocess(
     use_thumbnail: bool = True,
     dynamic: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    preprocess: str = "auto",
 ) -> ImageInput:
     """Load `src` (anything load_image takes) and turn it into model-ready tiles.
 
     dynamic=False gives one tile, the whole image resized to image_size x image_size (same as max_num=1).
+    preprocess: "python" (PIL resize + torch), "native" (one C++ pass, kernels.preprocess; an error if it is not
+    built), or "auto" (native when available). Both give bit-identical pixels; ImageInput.path says which ran.
     """
     _check_tiling_args(min_num, max_num, image_size)
+    if _native_path(preprocess):
+        rgb = rgb_array(src, max_pixels, load_image)  # (H, W, 3) uint8
+        size = (rgb.shape[1], rgb.shape[0])
+        grid = _grid(size, dynamic, min_num, max_num, image_size)
+        pixel_values = preprocess_tiles(rgb, grid, image_size, use_thumbnail)
+        return ImageInput(pixel_values, grid, pixel_values.shape[0], size, path="native-cpu")
     img = load_image(src, max_pixels=max_pixels)
-    grid = (1, 1)
-    if dynamic:
-        grid = choose_grid(img.width, img.height, min_num=min_num, max_num=max_num, image_size=image_size)
+    grid = _grid(img.size, dynamic, min_num, max_num, image_size)
     pixel_values = to_pixel_values(_cut_tiles(img, grid, image_size, use_thumbnail))
     return ImageInput(pixel_values=pixel_values, grid=grid, num_tiles=pixel_values.shape[0], size=img.size)
+
+
+def _grid(size: tuple[int, int], dynamic: bool, min_num: int, max_num: int, image_size: int) -> tuple[int, int]:
+    if not dynamic:
+        return (1, 1)
+    return choose_grid(size[0], size[1], min_num=min_num, max_num=max_num, image_size=image_size)
+
+
+def _native_path(mode: str) -> bool:
+    if mode not in PREPROCESS_PATHS:
+        raise ImageError(f"preprocess must be one of {PREPROCESS_PATHS}, got {mode!r}")
+    if mode == "python":
+        return False
+    problem = native_problem()
+    if mode == "native" and problem is not None:
+        raise ImageError(f"preprocess='native' is unavailable: {problem}")
+    return problem is None
 
 
 def preprocess_many(images, **kwargs) -> list[ImageInput]:
