@@ -30,6 +30,8 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", help="kernel backend: auto, torch")
     p.add_argument("--hd-decode", default="natural", choices=("natural", "reference-quirk"))
     p.add_argument("--no-cuda-graph", action="store_true", help="decode eagerly instead of replaying CUDA graphs")
+    p.add_argument("--preprocess", default="auto", choices=("auto", "python", "native"),
+                   help="image preprocessing: native C++ (when built) or PIL")  # fmt: skip
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,7 +73,8 @@ def _run(engine, args, title: str) -> None:
     print("  " + _show_prompt(engine, req).replace("\n", "\n  "))
     for i, (grid, n) in enumerate(zip(req.grids, req.tiles)):
         thumb = " + thumbnail" if n > grid[0] * grid[1] else ""
-        print(f"image {i}: {grid[0]}x{grid[1]} grid of {engine.cfg.image_size}px tiles{thumb} = {n} tiles")
+        print(f"image {i}: {grid[0]}x{grid[1]} grid of {engine.cfg.image_size}px tiles{thumb} = {n} tiles"
+              f" (preprocessing: {', '.join(req.paths)}, {req.preprocess_s * 1e3:.1f} ms)")  # fmt: skip
     if args.stream:
         print("output: ", end="", flush=True)
         stream = engine.generate(args.prompt, images, stream=True, max_num=args.max_num, **sampling)
@@ -100,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.cmd == "generate":
             engine = Engine.from_pretrained(args.model, args.device, args.dtype, backend=args.backend,
-                                            hd_decode=args.hd_decode, cuda_graphs=not args.no_cuda_graph)  # fmt: skip
+                                            hd_decode=args.hd_decode, cuda_graphs=not args.no_cuda_graph,
+                                            preprocess=args.preprocess)  # fmt: skip
             _run(engine, args, f"{args.model} ({'HoVLE-HD' if engine.cfg.is_hd else 'HoVLE'})")
             return 0
         args.image = args.image or [str(EXAMPLE_IMAGE)]
@@ -109,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         for variant in ("hovle", "hovle-hd") if args.variant == "both" else (args.variant,):
             path = ensure_default_model(variant)
             engine = Engine.from_pretrained(path, args.device, args.dtype, backend=args.backend,
-                                            hd_decode=args.hd_decode, cuda_graphs=not args.no_cuda_graph)  # fmt: skip
+                                            hd_decode=args.hd_decode, cuda_graphs=not args.no_cuda_graph,
+                                            preprocess=args.preprocess)  # fmt: skip
             _run(engine, args, f"embedded default {variant} ({path})")
         return 0
     except HoVLEError as exc:

@@ -21,7 +21,7 @@ from .config import HoVLEConfig
 from .decode import DecodeRunner
 from .errors import InputError
 from .generation import GenerationResult, SamplingParams, SequenceText, Timings, draw_uniforms
-from .image import preprocess
+from .image import PREPROCESS_PATHS, preprocess
 from .model import HD_DECODE_MODES, HoVLEModel, PrefillItem
 from .prompt import build_prompt, ensure_image_placeholders, expand_image_placeholders, get_template
 from .tokenizer import Tokenizer
@@ -41,6 +41,7 @@ class Request:
     tiles: list[int]
     grids: list[tuple[int, int]]  # (cols, rows) of each image's tiling, thumbnail not counted
     preprocess_s: float
+    paths: list[str]  # image preprocessing paths used ("python", "native-cpu")
 
 
 def resolve_device_dtype(device: Any, dtype: Any) -> tuple[torch.device, torch.dtype]:
@@ -80,6 +81,7 @@ class Engine:
         self.hd_decode, self.max_context = hd_decode, max_context
         self.template = get_template(cfg.template)
         self.cuda_graphs = True
+        self.preprocess = "auto"
         self._runner: DecodeRunner | None = None
 
     @classmethod
@@ -94,9 +96,12 @@ class Engine:
         max_context: int | None = None,
         progress: bool | None = None,
         cuda_graphs: bool = True,
+        preprocess: str = "auto",
     ) -> Engine:
         """Loads a HoVLE / HoVLE-HD checkpoint folder (config.json, tokenizer files, safetensors shards)."""
         device, dtype = resolve_device_dtype(device, dtype)
+        if preprocess not in PREPROCESS_PATHS:
+            raise InputError(f"preprocess {preprocess!r} is not supported; choose one of {PREPROCESS_PATHS}")
         if hd_decode not in HD_DECODE_MODES:
             raise InputError(f"hd_decode {hd_decode!r} is not supported; choose one of {HD_DECODE_MODES}")
         cfg = HoVLEConfig.from_dir(path)
@@ -111,6 +116,7 @@ class Engine:
             raise InputError(f"max_context = {limit!r}; expected an integer >= 2")
         engine = cls(cfg, tokenizer, model, hd_decode, limit)
         engine.cuda_graphs = bool(cuda_graphs)  # used on CUDA only: one captured decode step per batch bucket
+        engine.preprocess = preprocess  # "auto": the native C++ image path when it is built, else PIL
         return engine
 
     # ---- requests -----------------------------------------------------------------------------------------
@@ -127,6 +133,7 @@ class Engine:
             preprocess(
                 img, image_size=cfg.image_size, min_num=min(cfg.min_dynamic_patch, max_num),
                 max_num=max_num, use_thumbnail=cfg.use_thumbnail, dynamic=cfg.dynamic_image_size,
+                preprocess=self.preprocess,
             )
             for img in images
         ]  # fmt: skip
@@ -138,7 +145,8 @@ class Engine:
             ids_emb = self.tokenizer.encode(expand_image_placeholders(prompt, tiles, cfg.emb_tokens_per_tile))
         pixels = torch.cat([x.pixel_values for x in inputs]) if inputs else None
         grids = [tuple(x.grid) for x in inputs]
-        return Request(ids_llm, ids_emb, pixels, tiles, grids, time.perf_counter() - t0)
+        paths = sorted({x.path for x in inputs})
+        return Request(ids_llm, ids_emb, pixels, tiles, grids, time.perf_counter() - t0, paths)
 
     def _check_length(self, req: Request, params: SamplingParams) -> int:
         n = len(req.ids_llm)
