@@ -166,11 +166,26 @@ def test_image_placeholder_count_mismatch(engine):
         engine.generate(["a", "b"], [noise_image(60, 60, 1)])
 
 
+def test_native_and_python_preprocessing_give_the_same_generation(root):
+    from kernels.preprocess import native_available
+
+    if not native_available():
+        pytest.skip("the native preprocessing extension is not built here")
+    outs = []
+    for path in ("python", "native"):
+        eng = Engine.from_pretrained(make_checkpoint(root, "pre"), device="cpu", dtype=torch.float32, preprocess=path)
+        req = eng.prepare([{"role": "user", "content": "Describe."}], [noise_image(300, 130, 3)], 6)
+        assert req.paths == [{"python": "python", "native": "native-cpu"}[path]]
+        outs.append((req.pixel_values, eng.generate("Describe.", noise_image(300, 130, 3), max_num=6).token_ids))
+    assert torch.equal(outs[0][0], outs[1][0]) and outs[0][1] == outs[1][1]
+
+
 @pytest.mark.parametrize(
     "kw, match",
     [
         ({"dtype": "int8"}, "dtype"),
         ({"hd_decode": "x"}, "hd_decode"),
+        ({"preprocess": "gpu"}, "preprocess"),
         ({"backend": "nope"}, "backend"),
         ({"device": "cuda:0"}, "CUDA"),
     ],
