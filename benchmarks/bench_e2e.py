@@ -76,8 +76,38 @@ def photo(width: int, height: int, seed: int = 0) -> Image.Image:
 SCENARIOS = {"text": (None, 1), "one_tile": ((448, 448), 1), "max12": ((1792, 1344), 12)}
 
 
+class Run:
+    """Where the benchmark runs: the GPU for real measurements, or the CPU in --smoke mode (the same code paths on
+    the tiny default checkpoint, in fp32 with the torch backend, nothing written) to check the script itself."""
+
+    device, dtype, backend, compile_mode = "cuda", torch.bfloat16, "triton", "reduce-overhead"
+
+    @classmethod
+    def smoke(cls) -> None:
+        cls.device, cls.dtype, cls.backend, cls.compile_mode = "cpu", torch.float32, "torch", None
+
+    @classmethod
+    def on_gpu(cls) -> bool:
+        return cls.device == "cuda"
+
+
 def _sync() -> None:
-    torch.cuda.synchronize()
+    if Run.on_gpu():
+        torch.cuda.synchronize()
+
+
+def _reset_memory() -> None:
+    if Run.on_gpu():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_gb() -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**30 if Run.on_gpu() else None
+
+
+def _copy_gbps() -> float | None:
+    return measured_peaks()["copy_gbps"] if Run.on_gpu() else None
 
 
 def weight_bytes_per_step(engine: Engine) -> int:
@@ -96,10 +126,9 @@ def kv_bytes_per_token(engine: Engine) -> tuple[int, int]:
 
 
 def bench_ours(model: str, path: Path, provider: str, graphs: bool, batches: list[int], new: int) -> list[dict]:
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
+    _reset_memory()
     t0 = time.perf_counter()
-    eng = Engine.from_pretrained(path, device="cuda", dtype=torch.bfloat16, backend="triton", cuda_graphs=graphs)
+    eng = Engine.from_pretrained(path, device=Run.device, dtype=Run.dtype, backend=Run.backend, cuda_graphs=graphs)
     _sync()
     load_s, rows = time.perf_counter() - t0, []
     base = {"model": model, "provider": provider, "load_s": load_s}
@@ -123,8 +152,8 @@ def bench_ours(model: str, path: Path, provider: str, graphs: bool, batches: lis
         gbps = moved / step_s / 1e9
         rows.append({**base, "scenario": "decode", "batch": b, "decode_tok_s": rs[0].timings.decode_tok_s,
                      "ttft_ms": rs[0].timings.ttft_s * 1e3, "step_ms": step_s * 1e3, "gbps": gbps,
-                     "bw_frac": gbps / measured_peaks()["copy_gbps"], "new_tokens": new})  # fmt: skip
-    peak = torch.cuda.max_memory_allocated() / 2**30
+                     "bw_frac": gbps / _copy_gbps() if Run.on_gpu() else None, "new_tokens": new})  # fmt: skip
+    peak = _peak_gb()
     del eng
     return [{**r, "peak_mem_gb": peak} for r in rows]
 
@@ -139,19 +168,18 @@ def bench_reference(model: str, path: Path, new: int, static: bool) -> list[dict
     ref_mod.ATTN_IMPLEMENTATION = "sdpa"
     cls = StaticReferenceHoVLE if static else ref_mod.ReferenceHoVLE
     prep = Engine.from_pretrained(path, device="cpu", dtype=torch.float32)  # tokenizer + preprocessing only
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
+    _reset_memory()
     t0 = time.perf_counter()
-    ref = cls.from_dir(str(path), dtype=torch.bfloat16, device="cuda")
+    ref = cls.from_dir(str(path), dtype=Run.dtype, device=Run.device)
     _sync()
     provider = "hf-reference-static-compile" if static else "hf-reference-sdpa"
     base, rows = {"model": model, "provider": provider, "load_s": time.perf_counter() - t0}, []
     for name, (size, max_num) in SCENARIOS.items():
         t1 = time.perf_counter()
         req = prep.prepare([{"role": "user", "content": TEXT_PROMPT}], [photo(*size)] if size else [], max_num)
-        pixels = req.pixel_values.cuda() if req.pixel_values is not None else None
+        pixels = req.pixel_values.to(Run.device) if req.pixel_values is not None else None
         if static:
-            ref.start(len(req.ids_emb) + new, len(req.ids_llm) + new, compile_mode="reduce-overhead")
+            ref.start(len(req.ids_emb) + new, len(req.ids_llm) + new, compile_mode=Run.compile_mode)
         else:
             ref.emb_cache, ref.llm_cache = type(ref.emb_cache)(), type(ref.llm_cache)()  # new sequence, same weights
         logits = ref.prefill(req.ids_emb, req.ids_llm, pixels)[-1]
@@ -169,7 +197,7 @@ def bench_reference(model: str, path: Path, new: int, static: bool) -> list[dict
     rate = (new - 1 - warm) / (time.perf_counter() - t1)
     rows.append({**base, "scenario": "decode", "batch": 1, "decode_tok_s": rate, "new_tokens": new,
                  "note": "context after the last (12-tile) scenario's prompt"})  # fmt: skip
-    peak = torch.cuda.max_memory_allocated() / 2**30
+    peak = _peak_gb()
     del ref
     return [{**r, "peak_mem_gb": peak} for r in rows]
 
@@ -181,9 +209,12 @@ def main() -> int:
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--models", default="hovle,hovle-hd")
     p.add_argument("--skip-reference", action="store_true")
+    p.add_argument("--smoke", action="store_true", help="CPU check of this script on the tiny model; writes nothing")
     args = p.parse_args()
+    if args.smoke:
+        return smoke(args)
     if not torch.cuda.is_available():
-        print("bench_e2e: no CUDA device here; this benchmark needs a GPU (nothing measured).")
+        print("bench_e2e: no CUDA device here; this benchmark needs a GPU (nothing measured; --smoke checks it).")
         return 0
     prov = provenance()
     log = RESULTS / f"e2e-{prov['date'][:10]}-{prov['commit']}.log"
@@ -201,6 +232,24 @@ def main() -> int:
     append_rows(rows, "e2e.jsonl")
     with open(log, "a", encoding="utf-8") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in rows)
+    return 0
+
+
+def smoke(args) -> int:
+    """Every provider and scenario on the CPU with the tiny default model (random weights); prints, writes nothing."""
+    from engine.default_model import write_default_model
+
+    Run.smoke()
+    SCENARIOS["max12"] = ((900, 700), 12)
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in args.models.split(","):
+            path = write_default_model(Path(tmp) / model, model)
+            rows = bench_ours(model, path, "engine-torch-eager", False, [1, 2], 8)
+            if not args.skip_reference:
+                rows += bench_reference(model, path, 8, static=False)
+                rows += bench_reference(model, path, 8, static=True)
+            for r in rows:
+                print(json.dumps(r))
     return 0
 
 
