@@ -18,12 +18,15 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
-from common import append_rows, provenance
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import append_rows, provenance  # noqa: E402
 from engine.image import choose_grid, preprocess  # noqa: E402
 from kernels import preprocess as kp  # noqa: E402
 

@@ -57,29 +57,29 @@ def section() -> str:
         if not rows:
             lines += [f"**{title}**: not measured yet (`{name}` has no rows).", ""]
             continue
-        keys = [
-            k
-            for k in (
-                "op",
-                "model",
-                "scenario",
-                "shape",
-                "batch",
-                "provider",
-                "dtype",
-                "ms",
-                "ttft_ms",
-                "decode_tok_s",
-                "gbps",
-                "tflops",
-                "peak_frac",
-                "bw_frac",
-                "peak_mem_gb",
-            )
-            if k in rows[0]
-        ]
+        columns = (
+            "op",
+            "model",
+            "scenario",
+            "shape",
+            "max_num",
+            "tiles",
+            "batch",
+            "provider",
+            "dtype",
+            "ms",
+            "ttft_ms",
+            "decode_tok_s",
+            "gbps",
+            "tflops",
+            "peak_frac",
+            "bw_frac",
+            "speedup_vs_python",
+            "peak_mem_gb",
+        )
+        keys = [k for k in columns if k in rows[0]]
         fmt = {"ms": ".3f", "ttft_ms": ".1f", "decode_tok_s": ".1f", "gbps": ".0f", "tflops": ".1f", "peak_frac": ".2f",
-               "bw_frac": ".2f", "peak_mem_gb": ".1f", "batch": "d"}  # fmt: skip
+               "bw_frac": ".2f", "peak_mem_gb": ".1f", "batch": "d", "speedup_vs_python": ".1f"}  # fmt: skip
         lines += [f"**{title}** ({_provenance(rows)})", ""]
         lines += _table(rows, [(k, k, fmt.get(k, "")) for k in keys]) + [""]
     return "\n".join(lines + [END])
