@@ -27,7 +27,7 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stream", action="store_true", help="print text as it is generated")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU)")
-    p.add_argument("--backend", default="auto", help="kernel backend: auto, torch")
+    p.add_argument("--backend", default="auto", help="kernel backend: auto, triton, torch, flash-attn")
     p.add_argument("--hd-decode", default="natural", choices=("natural", "reference-quirk"))
     p.add_argument("--no-cuda-graph", action="store_true", help="decode eagerly instead of replaying CUDA graphs")
     p.add_argument("--preprocess", default="auto", choices=("auto", "python", "native"),

@@ -21,7 +21,7 @@ from .rotary import rotary_ref
 from .sample import greedy_ref, repetition_penalty_ref, sample_ref
 from .swiglu import swiglu_ref
 
-BACKENDS = ("torch", "triton")
+BACKENDS = ("torch", "triton", "flash-attn")
 
 
 @dataclass(frozen=True)
@@ -84,11 +84,27 @@ def _triton_ops() -> Ops:
     return Ops(name="triton", **fields)
 
 
+def _flash_attn_ops(device: str) -> Ops:
+    """The Triton table with both attention ops on the flash-attn package (optional; CUDA only)."""
+    from dataclasses import replace
+
+    from .flash_attn_backend import attention_flash, decode_attention_flash, flash_attn_module
+
+    if flash_attn_module() is None or device != "cuda":
+        raise ValueError(
+            f"backend 'flash-attn' needs the flash-attn package and a CUDA device (device {device!r}, package "
+            f"{'found' if flash_attn_module() else 'not installed'}); use 'triton' (the default on CUDA) or 'torch'"
+        )
+    base = _triton_ops()
+    return replace(base, name="flash-attn", attention=attention_flash, decode_attention=decode_attention_flash)
+
+
 def get_ops(backend: str = "auto", device: str = "cpu") -> Ops:
     """The op table for `backend` on `device` ("cpu" or "cuda").
 
     "torch": the plain-PyTorch implementations (any device). "triton": the Triton kernels (CUDA, or the CPU when
-    TRITON_INTERPRET=1). "auto": Triton on CUDA when it is installed, torch otherwise.
+    TRITON_INTERPRET=1). "flash-attn": Triton, with attention through the flash-attn package (when installed).
+    "auto": Triton on CUDA when it is installed, torch otherwise.
     """
     from ._triton import HAS_TRITON, triton_usable
 
@@ -96,6 +112,8 @@ def get_ops(backend: str = "auto", device: str = "cpu") -> Ops:
         raise ValueError(f"backend {backend!r} is not available; choose one of {BACKENDS + ('auto',)}")
     if backend == "auto":
         backend = "triton" if device == "cuda" and HAS_TRITON else "torch"
+    if backend == "flash-attn":
+        return _flash_attn_ops(device)
     if backend == "triton":
         if not triton_usable(device):
             raise ValueError(
