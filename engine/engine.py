@@ -19,7 +19,7 @@ from kernels import get_ops
 
 from .config import HoVLEConfig
 from .decode import DecodeRunner
-from .errors import InputError
+from .errors import InputError, TokenizerError
 from .generation import GenerationResult, SamplingParams, SequenceText, Timings, draw_uniforms
 from .image import PREPROCESS_PATHS, preprocess
 from .model import HD_DECODE_MODES, HoVLEModel, PrefillItem
@@ -62,9 +62,8 @@ def resolve_device_dtype(device: Any, dtype: Any) -> tuple[torch.device, torch.d
 class Stream:
     """Iterates over text deltas of a streamed generation; `results` holds the GenerationResults afterwards."""
 
-    def __init__(self, events: Iterator[tuple[int, str]], single: bool):
-        self._events, self._single = events, single
-        self.results: list[GenerationResult] = []
+    def __init__(self, events: Iterator[tuple[int, str]], single: bool, results: list[GenerationResult]):
+        self._events, self._single, self.results = events, single, results  # results fill in as events run out
 
     def __iter__(self):
         for index, delta in self._events:
@@ -191,8 +190,8 @@ class Engine:
         start = time.perf_counter()
         requests = [self.prepare(m, imgs, max_num) for m, imgs in zip(conversations, image_lists)]
         budgets = [self._check_length(r, params) for r in requests]
-        out = Stream(iter(()), single)
-        out._events = self._generate_events(requests, budgets, params, start, out.results)
+        results: list[GenerationResult] = []
+        out = Stream(self._generate_events(requests, budgets, params, start, results), single, results)
         if stream:
             return out
         for _ in out:
@@ -242,10 +241,11 @@ class Engine:
         done = time.perf_counter()
         for r, t, f in zip(requests, texts, finish):
             timing = Timings(r.preprocess_s, ttft, done - t_first, decoded, done - start)
-            ids = t.ids[:-1] if f == "stop" and t.ids[-1] == self.tokenizer.im_end_id else t.ids
-            results.append(GenerationResult(t.final_text(), ids, len(r.ids_llm), f, r.tiles, timing))
+            results.append(GenerationResult(t.final_text(), t.ids, len(r.ids_llm), f, r.tiles, timing))
 
     def _advance(self, text: SequenceText, token: int, budget: int, ignore_eos: bool = False) -> str | None:
+        """Records `token`; returns the finish reason once the sequence is done. <|im_end|> ends the turn and is not
+        part of the output (ids or text), as in the authors' chat()."""
         if token == self.tokenizer.im_end_id and not ignore_eos:
             return "stop"
         if text.add(token):
@@ -254,8 +254,6 @@ class Engine:
 
 
 def _check_tokenizer(cfg: HoVLEConfig, tok: Tokenizer) -> None:
-    from .errors import TokenizerError
-
     if tok.img_context_id != cfg.embedding.img_context_token_id:
         raise TokenizerError(
             f"tokenizer files give <IMG_CONTEXT> id {tok.img_context_id} but config.json says "

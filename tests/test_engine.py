@@ -126,6 +126,15 @@ def test_chat_multi_turn_builds_the_template_prompt(engine):
     assert result.prompt_tokens == len(req.ids_llm) and len(result.token_ids) == 5
 
 
+def test_end_of_turn_as_the_first_token_gives_an_empty_answer(engine, monkeypatch):
+    from engine.decode import DecodeRunner
+
+    im_end = engine.tokenizer.im_end_id
+    monkeypatch.setattr(DecodeRunner, "first_tokens", lambda self, logits, slots, u: [im_end] * len(slots))
+    r = engine.generate("Hi.", max_new_tokens=5)
+    assert (r.text, r.token_ids, r.finish_reason, r.timings.decode_tokens) == ("", [], "stop", 0)
+
+
 def test_timings_and_result_fields(engine):
     r = engine.generate("Hi.", noise_image(100, 50, 9), max_num=2, max_new_tokens=8)
     assert r.finish_reason == "length" and len(r.token_ids) == 8 and r.tiles == [3]
