@@ -23,7 +23,8 @@ from .errors import InputError, TokenizerError
 from .generation import GenerationResult, SamplingParams, SequenceText, Timings, draw_uniforms
 from .image import PREPROCESS_PATHS, preprocess
 from .model import HD_DECODE_MODES, HoVLEModel, PrefillItem
-from .prompt import build_prompt, ensure_image_placeholders, expand_image_placeholders, get_template
+from .prefix import CachedSequence, reusable_prefix
+from .prompt import build_prompt, expand_image_placeholders, get_template, place_images, split_images
 from .tokenizer import Tokenizer
 from .weights import load_weights
 
@@ -81,6 +82,8 @@ class Engine:
         self.template = get_template(cfg.template)
         self.cuda_graphs = True
         self.preprocess = "auto"
+        self.reuse_prefix = True  # single-sequence requests extending the cached one prefill only their new tokens
+        self._cached: CachedSequence | None = None
         self._runner: DecodeRunner | None = None
 
     @classmethod
@@ -123,7 +126,7 @@ class Engine:
         """Chat messages (+ images for their `<image>` placeholders, in order) -> token ids and tiles."""
         t0 = time.perf_counter()
         images = list(images or [])
-        messages = _place_images(messages, len(images))
+        messages = place_images(messages, len(images))
         cfg = self.cfg
         max_num = (cfg.max_dynamic_patch if cfg.dynamic_image_size else 1) if max_num is None else max_num
         if not isinstance(max_num, int) or isinstance(max_num, bool) or max_num < 1:
@@ -174,7 +177,7 @@ class Engine:
         prompt_list = [prompts] if single else list(prompts)
         if not prompt_list or not all(isinstance(p, str) for p in prompt_list):
             raise InputError("prompts must be a string or a non-empty list of strings")
-        image_lists = _split_images(images, single, len(prompt_list))
+        image_lists = split_images(images, single, len(prompt_list))
         conversations = [[{"role": "user", "content": p}] for p in prompt_list]
         return self._run(conversations, image_lists, single, stream, max_num, sampling)
 
@@ -182,7 +185,7 @@ class Engine:
         self, messages: list[dict], images: Any = None, *, stream: bool = False, max_num: int | None = None, **sampling
     ) -> GenerationResult | Stream:
         """Multi-turn: messages = [{"role": "user"|"assistant", "content": str}, ...] ending with a user turn."""
-        imgs = _split_images(images, True, 1)
+        imgs = split_images(images, True, 1)
         return self._run([messages], imgs, True, stream, max_num, sampling)
 
     def _run(self, conversations, image_lists, single, stream, max_num, sampling):
@@ -207,7 +210,7 @@ class Engine:
         if r is None or not (
             r.emb_cache.fits(slots, emb_cap, self.model.dtype) and r.llm_cache.fits(slots, llm_cap, self.model.dtype)
         ):
-            self._runner = None  # free the old allocation (and its graphs) before making the new one
+            self._runner, self._cached = None, None  # free the old allocation (and its graphs) first
             round_up = lambda n: -(-n // 256) * 256  # noqa: E731 - fewer reallocations across requests
             emb, llm = self.model.new_caches(slots, round_up(emb_cap), round_up(llm_cap))
             quirk = self.cfg.is_hd and self.hd_decode == "reference-quirk"
@@ -216,11 +219,26 @@ class Engine:
         self._runner.llm_cache.reset()
         return self._runner
 
+    def _prefill(self, runner: DecodeRunner, requests: list[Request]) -> torch.Tensor:
+        """Prefills the batch; a single request extending the cached sequence prefills only its new tokens."""
+        cached, self._cached = self._cached, None  # the caches are about to change: valid again only at the end
+        reuse = None
+        if cached is not None and cached.owner is runner and len(requests) == 1 and self.reuse_prefix:
+            if not (self.cfg.is_hd and self.hd_decode == "reference-quirk"):
+                r = requests[0]
+                reuse = reusable_prefix(self.cfg, cached, r.ids_emb, r.ids_llm, r.pixel_values)
+        if reuse is not None:
+            (emb, llm), r = reuse, requests[0]
+            runner.emb_cache.lengths[0], runner.llm_cache.lengths[0] = emb, llm
+            items, pixels = [PrefillItem(r.ids_llm[llm:], r.ids_emb[emb:], 0)], []
+        else:
+            items = [PrefillItem(r.ids_llm, r.ids_emb, slot) for slot, r in enumerate(requests)]
+            pixels = [r.pixel_values for r in requests if r.pixel_values is not None]
+        return self.model.prefill(items, torch.cat(pixels) if pixels else None, runner.emb_cache, runner.llm_cache)
+
     def _generate_events(self, requests, budgets, params: SamplingParams, start: float, results: list):
         runner = self._runner_for(requests, budgets)
-        items = [PrefillItem(r.ids_llm, r.ids_emb, slot) for slot, r in enumerate(requests)]
-        pixels = [r.pixel_values for r in requests if r.pixel_values is not None]
-        logits = self.model.prefill(items, torch.cat(pixels) if pixels else None, runner.emb_cache, runner.llm_cache)
+        logits = self._prefill(runner, requests)
         active = list(range(len(requests)))
         runner.begin(active, [r.ids_llm for r in requests], params)
         generators = [params.generator() for _ in requests]
@@ -228,9 +246,10 @@ class Engine:
         finish = [None] * len(requests)
         tokens = runner.first_tokens(logits, active, draw_uniforms(generators, active))
         ttft = time.perf_counter() - start
-        decoded, t_first = 0, time.perf_counter()
+        decoded, t_first, sampled = 0, time.perf_counter(), [[] for _ in requests]
         while True:
             for slot, tok in zip(active, tokens):
+                sampled[slot].append(tok)
                 finish[slot] = self._advance(texts[slot], tok, budgets[slot], params.ignore_eos)
                 yield from ((slot, d) for d in [texts[slot].delta(finish[slot] is not None)] if d)
             active = [s for s in active if finish[s] is None]
@@ -239,6 +258,10 @@ class Engine:
             tokens = runner.step(active, draw_uniforms(generators, active))
             decoded += len(active)
         done = time.perf_counter()
+        if len(requests) == 1:  # slot 0 now holds the prompt and the tokens fed back: a next turn can extend it
+            r, fed = requests[0], sampled[0]
+            self._cached = CachedSequence(runner, (r.ids_llm + fed)[: runner.llm_cache.lengths[0]],
+                                          (r.ids_emb + fed)[: runner.emb_cache.lengths[0]], r.pixel_values)  # fmt: skip
         for r, t, f in zip(requests, texts, finish):
             timing = Timings(r.preprocess_s, ttft, done - t_first, decoded, done - start)
             results.append(GenerationResult(t.final_text(), t.ids, len(r.ids_llm), f, r.tiles, timing))
@@ -261,29 +284,3 @@ def _check_tokenizer(cfg: HoVLEConfig, tok: Tokenizer) -> None:
         )
     if tok.vocab_size > cfg.llm.vocab_size:
         raise TokenizerError(f"tokenizer has {tok.vocab_size} ids but the model's vocabulary is {cfg.llm.vocab_size}")
-
-
-def _split_images(images: Any, single: bool, n: int) -> list[list]:
-    if single:
-        return [[] if images is None else (list(images) if isinstance(images, (list, tuple)) else [images])]
-    if images is None:
-        return [[] for _ in range(n)]
-    if not isinstance(images, (list, tuple)) or len(images) != n:
-        raise InputError(f"with {n} prompts, images must be None or a list of {n} entries (None, an image or a list)")
-    return [_split_images(x, True, 1)[0] for x in images]
-
-
-def _place_images(messages: list[dict], n_images: int) -> list[dict]:
-    """Adds the `<image>` placeholders the authors' chat() adds when the text has none; checks the count."""
-    if not isinstance(messages, list) or not all(isinstance(m, dict) and "content" in m for m in messages):
-        raise InputError("messages must be a list of {'role': ..., 'content': ...} dicts")
-    found = sum(str(m["content"]).count("<image>") for m in messages)
-    if found == n_images:
-        return messages
-    if found:
-        raise InputError(f"the messages hold {found} <image> placeholders but {n_images} images were given")
-    first = next((i for i, m in enumerate(messages) if m.get("role") == "user"), None)
-    if first is None:
-        raise InputError("messages need at least one user turn")
-    placed = dict(messages[first], content=ensure_image_placeholders(messages[first]["content"], n_images))
-    return messages[:first] + [placed] + messages[first + 1 :]

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from engine.errors import InputError, TokenizerError
 from engine.tokenizer import IMAGE_PLACEHOLDER, IMG_CONTEXT, IMG_END, IMG_START
@@ -85,3 +86,29 @@ def expand_image_placeholders(prompt: str, tiles_per_image: list[int], tokens_pe
             raise InputError(f"tiles_per_image[{i}] must be a positive int, got {tiles!r}")
         out += [IMG_START, IMG_CONTEXT * (tokens_per_tile * tiles), IMG_END, rest]
     return "".join(out)
+
+
+def split_images(images: Any, single: bool, n: int) -> list[list]:
+    if single:
+        return [[] if images is None else (list(images) if isinstance(images, (list, tuple)) else [images])]
+    if images is None:
+        return [[] for _ in range(n)]
+    if not isinstance(images, (list, tuple)) or len(images) != n:
+        raise InputError(f"with {n} prompts, images must be None or a list of {n} entries (None, an image or a list)")
+    return [split_images(x, True, 1)[0] for x in images]
+
+
+def place_images(messages: list[dict], n_images: int) -> list[dict]:
+    """Adds the `<image>` placeholders the authors' chat() adds when the text has none; checks the count."""
+    if not isinstance(messages, list) or not all(isinstance(m, dict) and "content" in m for m in messages):
+        raise InputError("messages must be a list of {'role': ..., 'content': ...} dicts")
+    found = sum(str(m["content"]).count("<image>") for m in messages)
+    if found == n_images:
+        return messages
+    if found:
+        raise InputError(f"the messages hold {found} <image> placeholders but {n_images} images were given")
+    first = next((i for i, m in enumerate(messages) if m.get("role") == "user"), None)
+    if first is None:
+        raise InputError("messages need at least one user turn")
+    placed = dict(messages[first], content=ensure_image_placeholders(messages[first]["content"], n_images))
+    return messages[:first] + [placed] + messages[first + 1 :]
