@@ -44,6 +44,7 @@ def default_model_speed() -> list[dict]:
     image = ROOT / "engine" / "data" / "example.png"
     for variant in ("hovle", "hovle-hd"):
         eng = Engine.from_pretrained(ensure_default_model(variant), device="cpu", dtype=torch.float32)
+        eng.reuse_prefix = False  # time whole prefills: the repeated prompt would otherwise hit the cached prefix
         for batch in (1, 4):
             prompts = ["Please describe the image in detail."] * batch
             eng.generate(prompts, [image] * batch, max_new_tokens=2)  # warm-up: this batch's caches allocated

@@ -129,6 +129,7 @@ def bench_ours(model: str, path: Path, provider: str, graphs: bool, batches: lis
     _reset_memory()
     t0 = time.perf_counter()
     eng = Engine.from_pretrained(path, device=Run.device, dtype=Run.dtype, backend=Run.backend, cuda_graphs=graphs)
+    eng.reuse_prefix = False  # every timed request prefills its whole prompt (repeated prompts would hit the cache)
     _sync()
     load_s, rows = time.perf_counter() - t0, []
     base = {"model": model, "provider": provider, "load_s": load_s}
