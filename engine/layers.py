@@ -125,7 +125,7 @@ def decode_batch(
     slots, positions, kv_lens: (B,) int64 on the device. Each sequence stores its token at `positions` (when
     `store`) and attends to `kv_lens` keys; `max_kv` is a host-side bound on kv_lens for launch sizing.
     """
-    cos, sin = rope.cos_sin_device(positions, kv_lens, dtype)
+    cos, sin = rope.cos_sin(positions, kv_lens, dtype)
     return StackBatch(
         cos=cos, sin=sin, token_slots=slots, token_pos=positions, cu_seqlens=None, prefix_lens=None, slots=slots,
         kv_lens=kv_lens, decode=True, max_new=1, max_kv=max_kv, store=store,

@@ -15,9 +15,13 @@ import torch
 from .config import RopeConfig
 
 
+def _exponents(head_dim: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """2i / D for i < D/2, in fp32 as the reference computes them."""
+    return torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim
+
+
 def inv_freq_for(theta: float, head_dim: int) -> torch.Tensor:
-    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
-    return 1.0 / (theta**exponents)
+    return 1.0 / (theta ** _exponents(head_dim))
 
 
 class Rope:
@@ -28,54 +32,29 @@ class Rope:
         self.device = torch.device(device)
         self.inv_freq = inv_freq_for(cfg.theta, cfg.head_dim).to(self.device)
 
-    def _dynamic_inv_freq(self, kv_len: int) -> torch.Tensor:
-        c = self.cfg
-        base = c.theta * ((c.factor * kv_len / c.max_position_embeddings) - (c.factor - 1)) ** (
-            c.head_dim / (c.head_dim - 2)
-        )
-        return inv_freq_for(base, c.head_dim).to(self.device)
-
     def cos_sin(
         self, positions: torch.Tensor, kv_lens: torch.Tensor, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """positions, kv_lens: (T,) int64 (kv_lens = kv length of the forward each token belongs to).
 
-        Returns cos, sin: (T, D) in `dtype`.
-        """
-        pos = positions.to(self.device, torch.float32)
-        if self.cfg.scaling == "linear":
-            pos = pos / self.cfg.factor
-        freqs = pos[:, None] * self.inv_freq[None, :]  # (T, D/2)
-        if self.cfg.scaling == "dynamic":
-            over = kv_lens > self.cfg.max_position_embeddings
-            if bool(over.any()):
-                for n in torch.unique(kv_lens[over]).tolist():
-                    rows = kv_lens == n
-                    freqs[rows] = pos[rows, None] * self._dynamic_inv_freq(int(n))[None, :]
-        angles = torch.cat((freqs, freqs), dim=-1)  # (T, D): rotate-half pairs i with i + D/2
-        return angles.cos().to(dtype), angles.sin().to(dtype)
-
-    def cos_sin_device(
-        self, positions: torch.Tensor, kv_lens: torch.Tensor, dtype: torch.dtype
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos_sin for device tensors without any host read (CUDA-graph capturable), same numerics.
-
-        The dynamic-NTK base is computed per token in float64 and rounded to fp32 before the fp32 power, as the
-        reference turns a Python float base into an fp32 power.
+        Returns cos, sin: (T, D) in `dtype` on the rope's device. Only device ops, no host read, so the same code
+        serves prefill and the CUDA-graph-captured decode step. The dynamic-NTK base is computed per token in
+        float64 and rounded to fp32 before the fp32 power, as the reference turns a Python float base into an fp32
+        power.
         """
         c = self.cfg
-        pos = positions.to(torch.float32)
+        pos = positions.to(self.device, torch.float32)
         if c.scaling == "linear":
             pos = pos / c.factor
         inv = self.inv_freq[None, :]  # (1, D/2)
         if c.scaling == "dynamic":
+            kv_lens = kv_lens.to(self.device)
             n = kv_lens.to(torch.float64)
             base = c.theta * ((c.factor * n / c.max_position_embeddings) - (c.factor - 1)) ** (
                 c.head_dim / (c.head_dim - 2)
             )
-            exponents = torch.arange(0, c.head_dim, 2, device=pos.device, dtype=torch.int64).float() / c.head_dim
-            scaled = 1.0 / (base.to(torch.float32)[:, None] ** exponents[None, :])  # (T, D/2)
-            inv = torch.where((kv_lens > c.max_position_embeddings)[:, None], scaled, inv)
+            scaled = 1.0 / (base.to(torch.float32)[:, None] ** _exponents(c.head_dim, self.device)[None, :])
+            inv = torch.where((kv_lens > c.max_position_embeddings)[:, None], scaled, inv)  # (T, D/2)
         freqs = pos[:, None] * inv  # (T, D/2)
-        angles = torch.cat((freqs, freqs), dim=-1)  # (T, D)
+        angles = torch.cat((freqs, freqs), dim=-1)  # (T, D): rotate-half pairs i with i + D/2
         return angles.cos().to(dtype), angles.sin().to(dtype)
