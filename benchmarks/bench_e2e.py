@@ -36,8 +36,7 @@ from benchmarks.common import RESULTS, ROOT, append_rows, measured_peaks, proven
 from engine import Engine  # noqa: E402
 from engine.checkpoint_writer import write_checkpoint  # noqa: E402
 from engine.config import HoVLEConfig  # noqa: E402
-from engine.default_model import TOKENIZER_FILES, config_dict, random_tensors  # noqa: E402
-from engine.tokenizer import write_tokenizer_files  # noqa: E402
+from engine.default_model import bundled_tokenizer, config_dict, random_tensors  # noqa: E402
 
 TEXT_PROMPT = "Summarise the main ideas of modern inference engines for vision-language models in a few sentences."
 
@@ -46,9 +45,7 @@ def write_full_checkpoints(root: Path) -> dict[str, Path]:
     """HoVLE (written once) and HoVLE-HD (its shards linked, its own config.json)."""
     paths = {"hovle": root / "hovle", "hovle-hd": root / "hovle-hd"}
     if not (paths["hovle"] / "config.json").is_file():
-        with tempfile.TemporaryDirectory() as tmp:
-            tok = write_tokenizer_files(Path(tmp) / "tok")
-            files = {n: (Path(tmp) / "tok" / n).read_bytes() for n in TOKENIZER_FILES}
+        tok, files = bundled_tokenizer()
         raw = config_dict("hovle", img_context_token_id=tok.img_context_id)
         t0 = time.perf_counter()
         write_checkpoint(paths["hovle"], raw, random_tensors(HoVLEConfig.from_dict(raw)), extra_files=files,

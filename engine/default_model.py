@@ -19,13 +19,12 @@ import torch
 
 from .checkpoint_writer import write_checkpoint
 from .config import HoVLEConfig
-from .tokenizer import Tokenizer, write_tokenizer_files
+from .tokenizer import TOKENIZER_FILES, Tokenizer, write_tokenizer_files
 from .weights import expected_tensors
 
 VARIANTS = ("hovle", "hovle-hd")
 DEFAULT_VERSION = "v1"  # bump when the default model's contents change, so cached copies are rewritten
 TINY = dict(hidden=256, intermediate=512, heads=4, kv_heads=2, emb_layers=2, llm_layers=4)
-TOKENIZER_FILES = ("tokenizer.model", "added_tokens.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def _stack(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int, rope: dict) -> dict[str, Any]:
@@ -116,12 +115,17 @@ def default_model_dir(variant: str = "hovle") -> Path:
     return root / f"default-{variant}-{DEFAULT_VERSION}"
 
 
+def bundled_tokenizer() -> tuple[Tokenizer, dict[str, bytes]]:
+    """The tokenizer trained on the bundled text, and its files' bytes (to go into a checkpoint folder)."""
+    with tempfile.TemporaryDirectory(prefix=".hovle-tok-") as tmp:
+        tok = write_tokenizer_files(Path(tmp) / "tok")
+        return tok, {name: (Path(tmp) / "tok" / name).read_bytes() for name in TOKENIZER_FILES}
+
+
 def write_default_model(dst: str | Path, variant: str = "hovle", *, overwrite: bool = False, **sizes) -> Path:
     """Writes the tiny model (tokenizer trained on the bundled text, random weights) to `dst`, atomically."""
     dst = Path(dst)
-    with tempfile.TemporaryDirectory(prefix=".hovle-tok-") as tmp:
-        tok: Tokenizer = write_tokenizer_files(Path(tmp) / "tok")
-        files = {name: (Path(tmp) / "tok" / name).read_bytes() for name in TOKENIZER_FILES}
+    tok, files = bundled_tokenizer()
     raw = config_dict(variant, vocab_size=tok.vocab_size, img_context_token_id=tok.img_context_id,
                       **{**TINY, **sizes})  # fmt: skip
     cfg = HoVLEConfig.from_dict(raw)

@@ -50,7 +50,3 @@ class KVCache:
             )
         self.lengths[slot] = old + new_tokens
         return old
-
-    @property
-    def nbytes(self) -> int:
-        return self.k.numel() * self.k.element_size() * 2
