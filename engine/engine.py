@@ -194,7 +194,7 @@ class Engine:
         requests = [self.prepare(m, imgs, max_num) for m, imgs in zip(conversations, image_lists)]
         budgets = [self._check_length(r, params) for r in requests]
         results: list[GenerationResult] = []
-        out = Stream(self._generate_events(requests, budgets, params, start, results), single, results)
+        out = Stream(self._generate_events(requests, budgets, params, start, results, stream), single, results)
         if stream:
             return out
         for _ in out:
@@ -236,7 +236,8 @@ class Engine:
             pixels = [r.pixel_values for r in requests if r.pixel_values is not None]
         return self.model.prefill(items, torch.cat(pixels) if pixels else None, runner.emb_cache, runner.llm_cache)
 
-    def _generate_events(self, requests, budgets, params: SamplingParams, start: float, results: list):
+    def _generate_events(self, requests, budgets, params: SamplingParams, start: float, results: list, stream: bool):
+        """Runs the generation; yields (index, text delta) pairs while streaming, nothing otherwise."""
         runner = self._runner_for(requests, budgets)
         logits = self._prefill(runner, requests)
         active = list(range(len(requests)))
@@ -251,7 +252,8 @@ class Engine:
             for slot, tok in zip(active, tokens):
                 sampled[slot].append(tok)
                 finish[slot] = self._advance(texts[slot], tok, budgets[slot], params.ignore_eos)
-                yield from ((slot, d) for d in [texts[slot].delta(finish[slot] is not None)] if d)
+                if stream:  # a plain call decodes the text once, at the end
+                    yield from ((slot, d) for d in [texts[slot].delta(finish[slot] is not None)] if d)
             active = [s for s in active if finish[s] is None]
             if not active:
                 break

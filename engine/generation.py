@@ -108,9 +108,12 @@ class SequenceText:
         self.emitted = ""
         self.stopped_text: str | None = None
         self.hold = max([_HOLD_BACK] + [len(s) for s in stops])
+        self._decoded = (-1, "")  # (number of ids, their text): the stop check and the stream share one decode
 
     def _text(self) -> str:
-        return self.decode(self.ids).lstrip()
+        if self._decoded[0] != len(self.ids):
+            self._decoded = (len(self.ids), self.decode(self.ids).lstrip())
+        return self._decoded[1]
 
     def add(self, token: int) -> bool:
         """Appends a token; returns True when a stop string has appeared (the text is then final)."""
