@@ -20,7 +20,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import RESULTS, append_rows, measured_peaks, provenance  # noqa: E402
 
-OPS = ["rms_norm", "swiglu", "rotary", "kv_store", "attention", "decode_attention", "patch_embed", "sample"]
+OPS = [
+    "rms_norm",
+    "swiglu",
+    "rotary",
+    "kv_store",
+    "attention",
+    "decode_attention",
+    "patch_embed",
+    "pixel_shuffle",
+    "sample",
+]
 
 
 class _Tee(io.TextIOBase):

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.run_kernels import OPS
+
 ROOT = Path(__file__).resolve().parents[1]
-OPS = ["rms_norm", "swiglu", "rotary", "kv_store", "attention", "decode_attention", "patch_embed", "sample"]
 
 
 @pytest.mark.parametrize("op", OPS)
