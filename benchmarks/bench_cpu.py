@@ -16,8 +16,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import ROOT, append_rows, provenance  # noqa: E402
 from engine import Engine  # noqa: E402
-from engine.default_model import ensure_default_model  # noqa: E402
 from engine.model import PrefillItem  # noqa: E402
+from engine.tooling.default_model import ensure_default_model  # noqa: E402
 
 
 def reference_errors() -> list[dict]:

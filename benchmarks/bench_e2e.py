@@ -34,9 +34,9 @@ from PIL import Image
 
 from benchmarks.common import RESULTS, ROOT, append_rows, measured_peaks, provenance  # noqa: E402
 from engine import Engine  # noqa: E402
-from engine.checkpoint_writer import write_checkpoint  # noqa: E402
 from engine.config import HoVLEConfig  # noqa: E402
-from engine.default_model import bundled_tokenizer, config_dict, random_tensors  # noqa: E402
+from engine.tooling.checkpoint_writer import write_checkpoint  # noqa: E402
+from engine.tooling.default_model import bundled_tokenizer, config_dict, random_tensors  # noqa: E402
 
 TEXT_PROMPT = "Summarise the main ideas of modern inference engines for vision-language models in a few sentences."
 
@@ -235,7 +235,7 @@ def main() -> int:
 
 def smoke(args) -> int:
     """Every provider and scenario on the CPU with the tiny default model (random weights); prints, writes nothing."""
-    from engine.default_model import write_default_model
+    from engine.tooling.default_model import write_default_model
 
     Run.smoke()
     SCENARIOS["max12"] = ((900, 700), 12)

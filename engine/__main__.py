@@ -95,8 +95,8 @@ def _run(engine, args, title: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        from .default_model import ensure_default_model, write_default_model
         from .engine import Engine
+        from .tooling.default_model import ensure_default_model, write_default_model
 
         if args.cmd == "write-default":
             print(write_default_model(args.out, args.variant, overwrite=args.overwrite))

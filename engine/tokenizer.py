@@ -3,21 +3,17 @@
 Matches the slow HF InternLM2Tokenizer used by HoVLE: the text is split on every special/added token string,
 those map straight to their ids, every other chunk is encoded on its own by SentencePiece, BOS is prepended.
 Every special id is read from the checkpoint's files, so the same code serves the released 92553-token
-vocabulary and the tiny one written by `write_tokenizer_files` for tests.
+vocabulary and the small ones written by `engine.tooling.tokenizer_trainer` (tests, the default model).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import sentencepiece as spm
-from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
 from engine.errors import InputError, TokenizerError
 
@@ -28,14 +24,6 @@ IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
 # tokens follow the SentencePiece vocabulary in added_tokens.json.
 CHAT_SPECIALS = ("<|plugin|>", "<|interpreter|>", "<|action_end|>", "<|action_start|>", "<|im_end|>", "<|im_start|>")
 ADDED_TOKENS = (IMG_START, IMG_END, IMG_CONTEXT, "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>")
-DEFAULT_CORPUS = Path(__file__).parent / "data" / "corpus.txt"
-# InternLM2-like SentencePiece settings (BPE, byte fallback, digits split, dummy prefix, no pad piece); one
-# thread, no shuffling and no sentence sampling make two runs byte-identical.
-_SP_FLAGS = (
-    "model_type=bpe byte_fallback=true split_digits=true add_dummy_prefix=true remove_extra_whitespaces=false"
-    " normalization_rule_name=identity allow_whitespace_only_pieces=true character_coverage=0.9995 unk_id=0 bos_id=1"
-    " eos_id=2 pad_id=-1 num_threads=1 shuffle_input_sentence=false input_sentence_size=0 minloglevel=2"
-)
 # HF's clean_up_tokenization, which InternLM2Tokenizer runs on every decode, in its order: " X" -> "X" for each
 # X, except " ' " -> "'".
 _CLEANUPS = (".", "?", "!", ",", "' ", "n't", "'m", "'s", "'ve", "'re")
@@ -188,65 +176,3 @@ class Tokenizer:
             for token in _CLEANUPS:
                 text = text.replace(" " + token, token.rstrip())
         return text
-
-
-def _train_sp(corpus: Path, n_pieces: int) -> bytes:
-    lines = [line for line in corpus.read_text(encoding="utf-8").splitlines() if line.strip()]
-    buf, flags = io.BytesIO(), dict(flag.split("=") for flag in _SP_FLAGS.split())
-    try:
-        spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=buf, vocab_size=n_pieces, **flags)
-    except RuntimeError as exc:
-        raise TokenizerError(f"{corpus}: SentencePiece training failed ({exc})") from exc
-    model = sp_pb2.ModelProto()
-    model.ParseFromString(buf.getvalue())
-    for token in CHAT_SPECIALS:  # as in InternLM2: user-defined pieces at the top of the SentencePiece vocab
-        model.pieces.add(piece=token, score=0.0, type=sp_pb2.ModelProto.SentencePiece.USER_DEFINED)
-    model.trainer_spec.vocab_size = len(model.pieces)
-    return model.SerializeToString(deterministic=True)
-
-
-def _token_files(sp_size: int) -> dict[str, dict]:
-    control = {0: "<unk>", 1: "<s>", 2: "</s>"}
-    chat = {sp_size - len(CHAT_SPECIALS) + i: t for i, t in enumerate(CHAT_SPECIALS)}
-    added = {t: sp_size + i for i, t in enumerate(ADDED_TOKENS)}
-    flags = {"lstrip": False, "normalized": False, "rstrip": False, "single_word": False, "special": True}
-    by_id = {**control, **chat, **{i: t for t, i in added.items()}}
-    decoder = {str(i): {"content": t, **flags} for i, t in by_id.items()}
-    extra = [*reversed(CHAT_SPECIALS), *ADDED_TOKENS]
-    names = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "</s>", "unk_token": "<unk>"}
-    config = {
-        "add_bos_token": True,
-        "add_eos_token": False,
-        "added_tokens_decoder": decoder,
-        "additional_special_tokens": extra,
-        "auto_map": {"AutoTokenizer": ["tokenization_internlm2.InternLM2Tokenizer", None]},
-        "clean_up_tokenization_spaces": False,
-        "model_max_length": 8192,
-        "tokenizer_class": "InternLM2Tokenizer",
-        **names,
-    }
-    special_map = {"additional_special_tokens": extra, **names}
-    return {"added_tokens.json": added, "tokenizer_config.json": config, "special_tokens_map.json": special_map}
-
-
-def write_tokenizer_files(dst_dir: str | os.PathLike, corpus_path=None, vocab_size: int = 2048) -> Tokenizer:
-    """Train a tiny InternLM2-layout tokenizer (vocab_size SentencePiece pieces incl. the six chat specials,
-    then the nine added tokens) into dst_dir. Files are built and loaded in a temp dir first, so a failure
-    leaves dst_dir untouched."""
-    corpus = Path(corpus_path) if corpus_path is not None else DEFAULT_CORPUS
-    model = _train_sp(corpus, vocab_size - len(CHAT_SPECIALS))
-    files = {n: json.dumps(d, ensure_ascii=False, indent=2).encode() for n, d in _token_files(vocab_size).items()}
-    files["tokenizer.model"] = model
-    dst = Path(dst_dir)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp", dir=dst.parent))
-    try:
-        for name, data in files.items():
-            (tmp / name).write_bytes(data)
-        Tokenizer.from_dir(tmp)
-        dst.mkdir(exist_ok=True)
-        for name in files:
-            os.replace(tmp / name, dst / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return Tokenizer.from_dir(dst)

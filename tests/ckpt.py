@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from engine.default_model import write_default_model
+from engine.tooling.default_model import write_default_model
 
 SMALL = dict(hidden=64, intermediate=128, heads=4, kv_heads=2, emb_layers=2, llm_layers=2, image_size=56)
 

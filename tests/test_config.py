@@ -6,7 +6,7 @@ import json
 import pytest
 
 from engine import ConfigError, Engine, HoVLEConfig, WeightsError
-from engine.default_model import config_dict
+from engine.tooling.default_model import config_dict
 from tests.ckpt import make_checkpoint
 
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from engine import Engine
-from engine.default_model import write_default_model
 from engine.model import PrefillItem
+from engine.tooling.default_model import write_default_model
 from tests.ckpt import noise_image
 from tests.reference import ReferenceHoVLE
 

@@ -13,7 +13,8 @@ import sentencepiece as spm
 
 from engine.errors import InputError, TokenizerError
 from engine.prompt import build_prompt, ensure_image_placeholders, expand_image_placeholders, get_template
-from engine.tokenizer import Tokenizer, write_tokenizer_files
+from engine.tokenizer import Tokenizer
+from engine.tooling.tokenizer_trainer import write_tokenizer_files
 
 SYS = "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。"
 CHAT = ["<|plugin|>", "<|interpreter|>", "<|action_end|>", "<|action_start|>", "<|im_end|>", "<|im_start|>"]

@@ -12,10 +12,17 @@ import torch
 from safetensors.torch import save_file
 
 from engine import weights
-from engine.checkpoint_writer import INDEX_FILE, write_checkpoint
 from engine.config import HoVLEConfig
 from engine.errors import WeightsError
-from engine.weights import UNUSED_TENSORS, checkpoint_files, expected_tensors, load_weights, validate_checkpoint
+from engine.tooling.checkpoint_writer import write_checkpoint
+from engine.weights import (
+    INDEX_FILE,
+    UNUSED_TENSORS,
+    checkpoint_files,
+    expected_tensors,
+    load_weights,
+    validate_checkpoint,
+)
 
 SHARD_BYTES = 300_000  # the tiny model is ~1 MB of F32, so this gives >= 3 shards
 

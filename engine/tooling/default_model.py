@@ -17,10 +17,11 @@ from typing import Any
 
 import torch
 
+from ..config import HoVLEConfig
+from ..tokenizer import TOKENIZER_FILES, Tokenizer
+from ..weights import expected_tensors
 from .checkpoint_writer import write_checkpoint
-from .config import HoVLEConfig
-from .tokenizer import TOKENIZER_FILES, Tokenizer, write_tokenizer_files
-from .weights import expected_tensors
+from .tokenizer_trainer import write_tokenizer_files
 
 VARIANTS = ("hovle", "hovle-hd")
 DEFAULT_VERSION = "v1"  # bump when the default model's contents change, so cached copies are rewritten

@@ -18,10 +18,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .errors import WeightsError
+from ..errors import WeightsError
+from ..weights import INDEX_FILE, SINGLE_FILE
 
-INDEX_FILE = "model.safetensors.index.json"
-SINGLE_FILE = "model.safetensors"
 GENERATION_CONFIG_FILE = "generation_config.json"
 GENERATION_CONFIG = {"_from_model_config": True, "transformers_version": "4.37.2"}
 DEFAULT_MAX_SHARD_BYTES = 5_000_000_000  # HF's max_shard_size="5GB" (decimal), as the release was written
