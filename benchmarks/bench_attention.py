@@ -1,7 +1,8 @@
 """Prefill attention at the model's heads (16 q / 8 kv, D=128, bf16, causal): Triton vs SDPA, cuDNN, flash-attn.
 
 Providers, all on the same data and the same FLOP count (4 * S_q * S_k_avg * Hq * D, causal: S_k_avg = S/2):
-  triton            our kernel, q as the strided view of a fused qkv matrix, k/v read from the cache
+  triton            our kernel, q as the strided view of a fused qkv matrix, k/v read from the paged cache (pages
+                    of 64 positions in shuffled order, as in the engine)
   triton+rope       the same, rotating q on load (replaces a separate rotary pass)
   sdpa-flash+gqa    torch SDPA forced to its FlashAttention backend, enable_gqa=True (falls back to
   sdpa-cudnn+gqa    "+repeat_kv": k/v repeated to Hq heads outside the timed region, when a backend refuses GQA)
@@ -19,24 +20,30 @@ import torch
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import append_rows, bench_ms, compiled, row  # noqa: E402
-from kernels.attention import attention, attention_ref, attention_torch  # noqa: E402
+from benchmarks.common import append_rows, bench_ms, compiled, paged, row  # noqa: E402
+from kernels.attention import attention, attention_ref  # noqa: E402
+from kernels.torch_backend import attention_torch  # noqa: E402
 
-HQ, HKV, D = 16, 8, 128
-SHAPES = [(1, 256), (1, 1024), (1, 4096), (1, 13000), (4, 1024)]  # (batch, tokens per sequence)
+HQ, HKV, D, PAGE = 16, 8, 128, 64
+SHAPES = [(1, 256), (1, 1024), (1, 4096), (1, 13056), (4, 1024)]  # (batch, tokens per sequence), page multiples
 
 
 def _inputs(b: int, s: int, dtype: torch.dtype) -> dict:
+    """Dense (B, Hkv, S, D) k/v for the SDPA and flash-attn providers; the same values in the engine's shuffled
+    pages for ours (k_pages, v_pages, page tables)."""
     t = b * s
     qkv = torch.randn(t, (HQ + 2 * HKV) * D, device="cuda", dtype=dtype)
     q = qkv[:, : HQ * D].view(t, HQ, D)  # (T, Hq, D), a strided view as the engine passes it
     k_cache = torch.randn(b, HKV, s, D, device="cuda", dtype=dtype)
     v_cache = torch.randn_like(k_cache)
+    k_pages, tables = paged(k_cache, PAGE)
+    v_pages, _ = paged(v_cache, PAGE)
     cu = torch.arange(0, t + 1, s, device="cuda", dtype=torch.int32)
     angles = torch.rand(t, D // 2, device="cuda") * 6.28
     cos, sin = torch.cat((angles, angles), -1).cos().to(dtype), torch.cat((angles, angles), -1).sin().to(dtype)
-    meta = (cu, torch.zeros(b, dtype=torch.int64, device="cuda"), torch.arange(b, device="cuda"))
-    return {"q": q, "k_cache": k_cache, "v_cache": v_cache, "meta": meta, "cos": cos, "sin": sin}
+    meta = (cu, torch.zeros(b, dtype=torch.int64, device="cuda"), tables)
+    return {"q": q, "k_cache": k_cache, "v_cache": v_cache, "k_pages": k_pages, "v_pages": v_pages, "meta": meta,
+            "cos": cos, "sin": sin}  # fmt: skip
 
 
 def _sdpa_fn(backend, x: dict, b: int, s: int):
@@ -80,7 +87,7 @@ def _flash_attn_fn(x: dict, b: int, s: int):
 def _providers(x: dict, b: int, s: int) -> dict:
     from torch.nn.attention import SDPBackend
 
-    q, kc, vc, meta = x["q"], x["k_cache"], x["v_cache"], x["meta"]
+    q, kc, vc, meta = x["q"], x["k_pages"], x["v_pages"], x["meta"]
     fns = {
         "triton": lambda: attention(q, kc, vc, *meta, None, None, None, s),
         "triton+rope": lambda: attention(q, kc, vc, *meta, None, x["cos"], x["sin"], s),

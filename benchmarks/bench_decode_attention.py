@@ -1,13 +1,13 @@
 """Decode attention at the model's head shape (Hq=16, Hkv=8, D=128, bf16): batch 1/8/32/64 x context 1k/4k/16k.
 
-Providers: triton (kernels.decode_attention, flash-decoding), torch-sdpa (decode_attention_torch), torch-eager
-(decode_attention_ref, fp32 math), torch-compile (torch.compile of the ref), and flash-attn
-(flash_attn_with_kvcache, when the package imports). flash-attn wants (B, S, Hkv, D) caches: it gets
-k_cache.transpose(1, 2), a strided view of our (N_slots, Hkv, S_max, D) cache (no copy; its kernel takes the
-seq/head strides as given), with cache_batch_idx = slots; if it rejects the view or disagrees with our output the
-provider is skipped with a message, never timed on a copy.
-All sequences hold the full context; bytes per call = K and V of every sequence's context + q + out, the same count
-for every provider; GB/s and the fraction of the measured copy bandwidth come from benchmarks.common.row.
+Providers: triton (kernels.decode_attention, flash-decoding over the engine's shuffled 64-position pages),
+torch-sdpa (decode_attention_torch, the torch backend), torch-sdpa-dense (SDPA on dense per-sequence caches: the
+library kernel without paging), torch-eager (decode_attention_ref, a per-sequence loop), torch-compile (the
+batched torch backend compiled), and flash-attn (flash_attn_with_kvcache on 256-position pages, when the package
+imports). Every provider that can be captured is timed as CUDA-graph replays (device time, no launch overhead:
+what the captured decode step pays); the row's `timing` says which. All sequences hold the full context; bytes per
+call = K and V of every sequence's context + q + out; GB/s and the fraction of the measured copy bandwidth come from
+benchmarks.common.row.
 """
 
 from __future__ import annotations
@@ -16,38 +16,39 @@ import sys
 
 import torch
 
-from benchmarks.common import append_rows, bench_ms, compiled, row
+from benchmarks.common import append_rows, compiled, device_ms, paged, row
 from kernels.decode_attention import (
     _decode_attention_kernel,
     _num_splits,
     _sm_count,
     decode_attention,
     decode_attention_ref,
-    decode_attention_torch,
 )
+from kernels.torch_backend import decode_attention_torch
 
-HQ, HKV, D = 16, 8, 128
+HQ, HKV, D, PAGE = 16, 8, 128, 64
 BATCHES = (1, 8, 32, 64)
 CONTEXTS = (1024, 4096, 16384)
-CACHE_LIMIT = 60 * 2**30  # bytes of K + V cache per shape; the eager ref needs ~3x more for its fp32 copies
+CACHE_LIMIT = 30 * 2**30  # bytes of K + V cache per shape (held twice: dense and paged); the eager ref needs more
 
 
-def _flash_attn(q, k_cache, v_cache, seq_lens, slots, expected):
-    """A flash_attn_with_kvcache closure over transposed views of our cache, or None (with the reason printed)."""
+def _flash_attn(q, dense_k, dense_v, seq_lens, expected):
+    """flash_attn_with_kvcache on the same values in 256-position pages (its paged layout needs that size)."""
     try:
-        from flash_attn import flash_attn_with_kvcache
+        import flash_attn  # noqa: F401
+
+        from kernels.flash_attn_backend import decode_attention_flash
     except ImportError:
         return None
-    k_t, v_t = k_cache.transpose(1, 2), v_cache.transpose(1, 2)  # (N, Hkv, S, D) -> (N, S, Hkv, D) views
-    lens32, slots32 = seq_lens.to(torch.int32), slots.to(torch.int32)
+    k_pages, tables = paged(dense_k, 256)
+    v_pages, _ = paged(dense_v, 256)
 
     def fn():
-        out = flash_attn_with_kvcache(q.unsqueeze(1), k_t, v_t, cache_seqlens=lens32, cache_batch_idx=slots32)
-        return out.squeeze(1)  # (B, 1, Hq, D) -> (B, Hq, D)
+        return decode_attention_flash(q, k_pages, v_pages, seq_lens, tables)
 
     try:
         err = (fn().float() - expected.float()).abs().max().item()
-    except Exception as exc:  # noqa: BLE001 - the installed version may reject strided caches
+    except Exception as exc:  # noqa: BLE001 - the installed version may reject our strided pages
         print(f"flash-attn skipped: {exc}", file=sys.stderr)
         return None
     if err > 2e-2:
@@ -57,44 +58,55 @@ def _flash_attn(q, k_cache, v_cache, seq_lens, slots, expected):
 
 
 def _inputs(batch: int, ctx: int, dtype: torch.dtype):
+    """(q, k_pages, v_pages, seq_lens, tables) plus the dense caches the library providers read."""
     qkv = torch.randn(batch, (HQ + 2 * HKV) * D, device="cuda", dtype=dtype)
     q = qkv[:, : HQ * D].view(batch, HQ, D)  # (B, Hq, D), a strided view as the engine passes it
-    k_cache = torch.randn(batch, HKV, ctx, D, device="cuda", dtype=dtype)
-    v_cache = torch.randn_like(k_cache)
+    dense_k = torch.randn(batch, HKV, ctx, D, device="cuda", dtype=dtype)
+    dense_v = torch.randn_like(dense_k)
+    k_pages, tables = paged(dense_k, PAGE)
+    v_pages, _ = paged(dense_v, PAGE)
     seq_lens = torch.full((batch,), ctx, dtype=torch.int32, device="cuda")
-    slots = torch.arange(batch, dtype=torch.int64, device="cuda")
-    return q, k_cache, v_cache, seq_lens, slots
+    return (q, k_pages, v_pages, seq_lens, tables), (dense_k, dense_v)
+
+
+def _sdpa_dense(q, dense_k, dense_v):
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    return lambda: sdpa(q.unsqueeze(2), dense_k, dense_v, enable_gqa=True).squeeze(2)
 
 
 def _bench_shape(batch: int, ctx: int, dtype: torch.dtype) -> list[dict]:
-    args = _inputs(batch, ctx, dtype)
-    q, k_cache = args[0], args[1]
-    kv_bytes = 2 * k_cache.numel() * k_cache.element_size()
+    args, (dense_k, dense_v) = _inputs(batch, ctx, dtype)
+    q = args[0]
+    kv_bytes = 2 * dense_k.numel() * dense_k.element_size()
     nbytes = kv_bytes + 2 * q.numel() * q.element_size()
-    shape = f"B={batch} ctx={ctx} Hq={HQ} Hkv={HKV} D={D}"
-    ours = decode_attention(*args)  # compiles and autotunes before timing
-    providers = {"triton": lambda: decode_attention(*args), "torch-sdpa": lambda: decode_attention_torch(*args)}
+    shape = f"B={batch} ctx={ctx} Hq={HQ} Hkv={HKV} D={D} page={PAGE}"
+    ours = decode_attention(*args, max_seq_len=ctx)  # compiles and autotunes before timing
+    providers = {
+        "triton": lambda: decode_attention(*args, max_seq_len=ctx),
+        "torch-sdpa": lambda: decode_attention_torch(*args, max_seq_len=ctx),
+        "torch-sdpa-dense": _sdpa_dense(q, dense_k, dense_v),
+    }
     if 3 * kv_bytes < CACHE_LIMIT:
         providers["torch-eager"] = lambda: decode_attention_ref(*args)
         torch._dynamo.reset()  # a fresh compile per shape: dynamo's recompile limit would fall back to eager
-        ref_compiled = compiled(decode_attention_ref)
-        if ref_compiled is not None:
-            providers["torch-compile"] = lambda: ref_compiled(*args)
-    fa = _flash_attn(*args, ours)
+        torch_compiled = compiled(decode_attention_torch)
+        if torch_compiled is not None:
+            providers["torch-compile"] = lambda: torch_compiled(*args, max_seq_len=ctx)
+    fa = _flash_attn(q, dense_k, dense_v, args[3], ours)
     if fa is not None:
         providers["flash-attn"] = fa
     splits = _num_splits(batch, HKV, ctx, _sm_count(q.device))
     rows = []
     for name, fn in providers.items():
         try:
-            fn()  # compile outside the timing
-            ms = bench_ms(fn)
+            ms, timing = device_ms(fn)
         except Exception as exc:  # noqa: BLE001 - e.g. out of memory or a compile failure: report and go on
             print(f"{name} {shape} skipped: {exc}", file=sys.stderr)
             torch.cuda.empty_cache()
             continue
         extra = {"num_splits": splits, "config": str(_decode_attention_kernel.best_config)} if name == "triton" else {}
-        rows.append(row("decode_attention", shape, dtype, name, ms, nbytes=nbytes, **extra))
+        rows.append(row("decode_attention", shape, dtype, name, ms, nbytes=nbytes, timing=timing, **extra))
     return rows
 
 

@@ -11,25 +11,28 @@ import torch
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import append_rows, compiled, row, time_or_none  # noqa: E402
+from benchmarks.common import append_rows, compiled, device_ms, row  # noqa: E402
 from kernels.kv_store import kv_store, kv_store_ref  # noqa: E402
 
-HQ, HKV, D, S_MAX = 16, 8, 128, 4608
+HQ, HKV, D, PAGE, N_PAGES = 16, 8, 128, 64, 4608
 
 
 def case(name: str, dtype: torch.dtype):
-    """(k, v, k_cache, v_cache, token_slots, token_pos, cos, sin) for a prefill or a decode batch."""
+    """(k, v, k_pages, v_pages, blocks, offsets, cos, sin) for a prefill (4096 tokens into 64 shuffled pages) or a
+    decode batch (one token for each of 64 sequences, at random positions)."""
+    order = torch.randperm(N_PAGES)
     if name == "prefill":
-        n_slots, token_slots, token_pos = 1, torch.zeros(4096, dtype=torch.int64), torch.arange(4096)
+        pos = torch.arange(4096)
+        blocks, offsets = order[pos // PAGE], pos % PAGE
     else:
-        n_slots, token_slots, token_pos = 64, torch.arange(64), torch.randint(0, S_MAX, (64,))
-    t = len(token_pos)
+        blocks, offsets = order[:64], torch.randint(0, PAGE, (64,))
+    t = len(offsets)
     qkv = torch.randn(t, (HQ + 2 * HKV) * D, device="cuda", dtype=dtype)
     k = qkv[:, HQ * D : (HQ + HKV) * D].view(t, HKV, D)  # (T, Hkv, D) strided view
     v = qkv[:, (HQ + HKV) * D :].view(t, HKV, D)
-    caches = [torch.zeros(n_slots, HKV, S_MAX, D, device="cuda", dtype=dtype) for _ in range(2)]
+    caches = [torch.zeros(N_PAGES, HKV, PAGE, D, device="cuda", dtype=dtype) for _ in range(2)]
     angles = torch.rand(t, D, device="cuda") * 100
-    return k, v, *caches, token_slots.cuda(), token_pos.cuda(), angles.cos().to(dtype), angles.sin().to(dtype)
+    return k, v, *caches, blocks.cuda(), offsets.cuda(), angles.cos().to(dtype), angles.sin().to(dtype)
 
 
 def run() -> list[dict]:
@@ -43,10 +46,11 @@ def run() -> list[dict]:
         t = args[0].shape[0]
         nbytes = (4 * HKV * D + 2 * D) * t * args[0].element_size() + 2 * t * 8
         for provider, fn in providers.items():
-            ms = time_or_none(fn, args)
-            if ms is not None:
-                shape = f"{name} T={t} Hkv={HKV} D={D} rotate"
-                rows.append(row("kv_store", shape, dtype, provider, ms, nbytes=nbytes))
+            if fn is None:
+                continue
+            ms, timing = device_ms(lambda fn=fn, args=args: fn(*args))
+            shape = f"{name} T={t} Hkv={HKV} D={D} page={PAGE} rotate"
+            rows.append(row("kv_store", shape, dtype, provider, ms, nbytes=nbytes, timing=timing))
     return rows
 
 

@@ -1,5 +1,6 @@
 """Next-token selection at the model vocabulary: Triton vs sample_ref (a per-row loop with host syncs) and the
-batched torch composition `sample_torch` (sync-free, the same algorithm from torch ops).
+batched torch composition `sample_torch` (sync-free, the same algorithm from torch ops). Timed as CUDA-graph
+replays (device time) where the provider can be captured; the per-row loop syncs and is timed eagerly.
 
 Scenarios: greedy (temperature 0), and temperature 0.8 + top-p 0.9 after a 1.2 repetition penalty. B = 1 and 64
 rows of V = 92553 fp32 logits. Bytes per call: the logits read once, B * V * 4 (the same count for every provider).
@@ -12,15 +13,11 @@ import torch
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import append_rows, bench_ms, row  # noqa: E402
-from kernels.sample import (  # noqa: E402
-    greedy,
-    repetition_penalty,
-    repetition_penalty_ref,
-    sample,
-    sample_ref,
-    sample_torch,
-)
+from benchmarks.common import append_rows, device_ms, row  # noqa: E402
+from kernels.greedy import greedy  # noqa: E402
+from kernels.repetition_penalty import repetition_penalty, repetition_penalty_ref  # noqa: E402
+from kernels.sample import sample, sample_ref  # noqa: E402
+from kernels.torch_backend import sample_torch  # noqa: E402
 
 BATCHES = [1, 64]
 VOCAB = 92553
@@ -70,12 +67,12 @@ def run() -> list[dict]:
             s = scenario(name, b)
             for provider, fn in providers(s).items():
                 try:
-                    fn(logits)
-                    ms = bench_ms(lambda fn=fn, logits=logits: fn(logits))
+                    ms, timing = device_ms(lambda fn=fn, logits=logits: fn(logits))
                 except Exception as exc:  # noqa: BLE001 - report and skip this provider
                     print(f"skipped {provider}: {type(exc).__name__}: {exc}", file=sys.stderr)
                     continue
-                rows.append(row("sample", f"B={b} V={VOCAB} {name}", torch.float32, provider, ms, nbytes=b * VOCAB * 4))
+                rows.append(row("sample", f"B={b} V={VOCAB} {name}", torch.float32, provider, ms,
+                                nbytes=b * VOCAB * 4, timing=timing))  # fmt: skip
     return rows
 
 

@@ -48,10 +48,38 @@ def provenance() -> dict:
 
 
 def bench_ms(fn, warmup: int = 10, rep: int = 50) -> float:
-    """Median milliseconds of fn() on the GPU (CUDA events via triton.testing.do_bench), warm-up excluded."""
+    """Median milliseconds of fn() on the GPU (CUDA events via triton.testing.do_bench), warm-up excluded.
+    Includes the host's launch time: right for prefill-sized work, wrong for microsecond kernels."""
     from triton.testing import do_bench
 
     return float(do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
+
+
+def device_ms(fn, rep: int = 100) -> tuple[float, str]:
+    """(median milliseconds, "cudagraph") of fn() replayed from a CUDA graph: device time without launch
+    overhead, what a captured decode step pays. Falls back to (bench_ms, "eager") for providers that cannot be
+    captured (host syncs), and says so in the row."""
+    from triton.testing import do_bench_cudagraph
+
+    fn()  # compile / autotune outside the capture
+    try:
+        return float(do_bench_cudagraph(fn, rep=rep, return_mode="median")), "cudagraph"
+    except Exception as exc:  # noqa: BLE001 - e.g. a host sync inside fn
+        print(f"not capturable ({type(exc).__name__}: {str(exc)[:120]}); timed eagerly", file=sys.stderr)
+        torch.cuda.synchronize()
+        return bench_ms(fn), "eager"
+
+
+def paged(dense: torch.Tensor, page: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, Hkv, S, D) caches -> the engine's paged layout: (B * S/page, Hkv, page, D) pages in shuffled order and
+    (B, S/page) int32 page tables (S a multiple of page). Same values, as the kernels see them in the engine."""
+    b, h, s, d = dense.shape
+    n = s // page
+    pages = dense.reshape(b, h, n, page, d).transpose(1, 2).reshape(b * n, h, page, d)  # (B n, Hkv, P, D)
+    order = torch.randperm(b * n, generator=torch.Generator().manual_seed(seed)).to(dense.device)
+    shuffled = torch.empty_like(pages)
+    shuffled[order] = pages
+    return shuffled, order.view(b, n).to(torch.int32)
 
 
 def time_or_none(fn, args: tuple) -> float | None:
@@ -120,7 +148,13 @@ def append_rows(rows: list[dict], file: str = "kernels.jsonl") -> None:
 
 
 def compiled(fn):
-    """torch.compile of a reference function, or None where compile is unavailable."""
+    """torch.compile of a reference function, or None where compile is unavailable or disabled (a provider
+    called "torch-compile" must really be compiled, not dynamo's eager fallback)."""
+    import os
+
+    if os.environ.get("TORCHDYNAMO_DISABLE", "0") == "1" or torch._dynamo.config.disable:
+        print("torch.compile is disabled here (TORCHDYNAMO_DISABLE): no torch-compile provider", file=sys.stderr)
+        return None
     try:
         return torch.compile(fn, dynamic=False)
     except Exception as exc:  # noqa: BLE001 - compile support varies by platform; report and skip

@@ -1,32 +1,40 @@
 """Pure tensor functions, one file per op, each with a plain-PyTorch `<op>_ref` beside its fast versions.
 
 The engine never calls an implementation directly: it asks `get_ops(backend)` for an `Ops` table and calls
-`ops.<op>(...)`. The "torch" table holds the references (attention through torch's fused SDPA), so the whole
-model runs on a CPU with nothing but PyTorch; faster backends fill the same table with kernels of the same
-signatures.
+`ops.<op>(...)`. The "torch" table (kernels/torch_backend.py and the references) runs the whole model on a CPU with
+nothing but PyTorch; the "triton" table fills the same fields with kernels of the same signatures, and "flash-attn"
+swaps the attention ops of the Triton table for the flash-attn package. What the model must know about a backend
+(the layout it wants the patch weight in, the page size its attention needs) is a field of the table too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from .attention import attention_ref, attention_torch
-from .decode_attention import decode_attention_ref, decode_attention_torch
+from .attention import attention_ref
+from .decode_attention import decode_attention_ref
+from .greedy import greedy_ref
 from .kv_store import kv_store_ref
 from .patch_embed import patch_embed_ref
 from .pixel_shuffle import pixel_shuffle_ref
+from .repetition_penalty import repetition_penalty_ref
 from .rms_norm import rms_norm_ref
 from .rotary import rotary_ref
-from .sample import greedy_ref, repetition_penalty_ref, sample_ref
+from .sample import sample_ref
 from .swiglu import swiglu_ref
+from .torch_backend import attention_torch, decode_attention_torch, sample_torch
 
 BACKENDS = ("torch", "triton", "flash-attn")
 
 
+def _same(weight):
+    return weight
+
+
 @dataclass(frozen=True)
 class Ops:
-    """The op table the model runs on; every field has the signature of its `<op>_ref`."""
+    """The op table the model runs on; every op field has the signature of its `<op>_ref`."""
 
     name: str
     rms_norm: Callable
@@ -40,6 +48,8 @@ class Ops:
     repetition_penalty: Callable
     sample: Callable
     greedy: Callable
+    patch_weight_layout: Callable = _same  # (C, 3, p, p) weight -> the same values in the layout patch_embed reads best
+    page_multiple: int = 1  # the KV page size must be a multiple of this
 
 
 TORCH_OPS = Ops(
@@ -53,7 +63,7 @@ TORCH_OPS = Ops(
     patch_embed=patch_embed_ref,
     pixel_shuffle=pixel_shuffle_ref,
     repetition_penalty=repetition_penalty_ref,
-    sample=sample_ref,
+    sample=sample_torch,
     greedy=greedy_ref,
 )
 
@@ -67,36 +77,33 @@ _LAUNCHERS = {  # Ops field -> (module, Triton launcher name)
     "swiglu": ("swiglu", "swiglu"),
     "patch_embed": ("patch_embed", "patch_embed"),
     "pixel_shuffle": ("pixel_shuffle", "pixel_shuffle"),
-    "repetition_penalty": ("sample", "repetition_penalty"),
+    "repetition_penalty": ("repetition_penalty", "repetition_penalty"),
     "sample": ("sample", "sample"),
-    "greedy": ("sample", "greedy"),
+    "greedy": ("greedy", "greedy"),
+    "patch_weight_layout": ("patch_embed", "weight_layout"),
 }
 
 
 def _triton_ops() -> Ops:
-    """The Triton launchers, each file's `<op>`; an op without one keeps its torch implementation."""
+    """The Triton launchers, each file's `<op>`."""
     import importlib
 
-    fields = {}
-    for field, (module, name) in _LAUNCHERS.items():
-        fn = getattr(importlib.import_module(f"{__name__}.{module}"), name, None)
-        fields[field] = fn if fn is not None else getattr(TORCH_OPS, field)
+    fields = {field: getattr(importlib.import_module(f"{__name__}.{module}"), name)
+              for field, (module, name) in _LAUNCHERS.items()}  # fmt: skip
     return Ops(name="triton", **fields)
 
 
 def _flash_attn_ops(device: str) -> Ops:
     """The Triton table with both attention ops on the flash-attn package (optional; CUDA only)."""
-    from dataclasses import replace
-
-    from .flash_attn_backend import attention_flash, decode_attention_flash, flash_attn_module
+    from .flash_attn_backend import PAGE_MULTIPLE, attention_flash, decode_attention_flash, flash_attn_module
 
     if flash_attn_module() is None or device != "cuda":
         raise ValueError(
             f"backend 'flash-attn' needs the flash-attn package and a CUDA device (device {device!r}, package "
             f"{'found' if flash_attn_module() else 'not installed'}); use 'triton' (the default on CUDA) or 'torch'"
         )
-    base = _triton_ops()
-    return replace(base, name="flash-attn", attention=attention_flash, decode_attention=decode_attention_flash)
+    return replace(_triton_ops(), name="flash-attn", attention=attention_flash,
+                   decode_attention=decode_attention_flash, page_multiple=PAGE_MULTIPLE)  # fmt: skip
 
 
 def get_ops(backend: str = "auto", device: str = "cpu") -> Ops:
@@ -131,9 +138,9 @@ __all__ = [
     "get_ops",
     "attention_ref",
     "attention_torch",
+    "decode_attention_ref",
     "decode_attention_torch",
     "greedy_ref",
-    "decode_attention_ref",
     "kv_store_ref",
     "patch_embed_ref",
     "pixel_shuffle_ref",
@@ -141,5 +148,6 @@ __all__ = [
     "rms_norm_ref",
     "rotary_ref",
     "sample_ref",
+    "sample_torch",
     "swiglu_ref",
 ]

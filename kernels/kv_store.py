@@ -1,19 +1,21 @@
-"""Scatter one forward's keys and values into the preallocated KV cache (in place, bit-exact).
+"""Scatter one forward's keys and values into the paged KV cache (in place, bit-exact).
 
-k, v: (T, Hkv, D); k_cache, v_cache: (N_slots, Hkv, S_max, D); token_slots, token_pos: (T,) int64: token t
-goes to cache[token_slots[t], :, token_pos[t]]. With cos, sin: (T, D) the keys are rotated (rotate-half RoPE,
-`rotate_ref`) on the way in, so the engine needs no separate rotary pass over k.
+k, v: (T, Hkv, D); k_cache, v_cache: (N_blocks, Hkv, P, D) pages (kernels/_paged.py); blocks, offsets: (T,) int:
+token t goes to cache[blocks[t], :, offsets[t]] (the caller resolved its position through the page table). With
+cos, sin: (T, D) the keys are rotated (rotate-half RoPE, `rotate_ref`) on the way in, so the engine needs no
+separate rotary pass over k.
 
 Kernel: one program per token moves all Hkv heads of its key and value rows ((Hkv, D) tiles; k and v may be strided
 views of the fused qkv projection output, last dim contiguous; the caches may be any views with a contiguous last
 dim). The rotation runs in fp32 with FMA contraction disabled (`rotary.rotate_halves`), then casts to k's dtype and
 to the cache dtype as the reference does, so the result is bit-exact. Targets are read on the device (no host sync,
-CUDA-graph capturable); a token whose slot or position lies outside the cache is skipped rather than written out of
+CUDA-graph capturable); a token whose page or offset lies outside the cache is skipped rather than written out of
 bounds (the reference would raise instead).
 """
 
 import torch
 
+from ._checks import FLOATS, check_index, check_same_device, require
 from ._triton import tl, triton
 from .rotary import check_rotary_args, rotate_halves, rotate_ref
 
@@ -23,38 +25,38 @@ def kv_store_ref(
     v: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
-    token_slots: torch.Tensor,
-    token_pos: torch.Tensor,
+    blocks: torch.Tensor,
+    offsets: torch.Tensor,
     cos: torch.Tensor | None = None,
     sin: torch.Tensor | None = None,
 ) -> None:
     if cos is not None:
         k = rotate_ref(k, cos, sin)
     # Advanced indices on dims 0 and 2 around a slice: the indexed view is (T, Hkv, D), matching k and v.
-    k_cache[token_slots, :, token_pos] = k.to(k_cache.dtype)
-    v_cache[token_slots, :, token_pos] = v.to(v_cache.dtype)
+    k_cache[blocks, :, offsets] = k.to(k_cache.dtype)
+    v_cache[blocks, :, offsets] = v.to(v_cache.dtype)
 
 
 @triton.jit
 def _kv_store_kernel(
-    k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slots_ptr, pos_ptr, cos_ptr, sin_ptr,
+    k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, blocks_ptr, offsets_ptr, cos_ptr, sin_ptr,
     stride_k_t, stride_k_h, stride_v_t, stride_v_h,
     stride_kc_n, stride_kc_h, stride_kc_s, stride_vc_n, stride_vc_h, stride_vc_s,
     stride_cos_t, stride_sin_t,
-    Hkv, N_slots, S_max,
+    Hkv, N_blocks, PAGE,
     D: tl.constexpr, ROTATE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     t = tl.program_id(0).to(tl.int64)
-    slot = tl.load(slots_ptr + t).to(tl.int64)
-    pos = tl.load(pos_ptr + t).to(tl.int64)
-    inside = (slot >= 0) & (slot < N_slots) & (pos >= 0) & (pos < S_max)
+    blk = tl.load(blocks_ptr + t).to(tl.int64)
+    pos = tl.load(offsets_ptr + t).to(tl.int64)
+    inside = (blk >= 0) & (blk < N_blocks) & (pos >= 0) & (pos < PAGE)
     h_end = tl.where(inside, Hkv, 0)  # no head is written for an out-of-range target
     heads = tl.arange(0, BLOCK_H)[:, None].to(tl.int64)  # (BLOCK_H, 1)
     cols = tl.arange(0, BLOCK_D)[None, :]  # (1, BLOCK_D)
     k_src = k_ptr + t * stride_k_t + heads * stride_k_h + cols
-    k_dst = k_cache_ptr + slot * stride_kc_n + heads * stride_kc_h + pos * stride_kc_s + cols
+    k_dst = k_cache_ptr + blk * stride_kc_n + heads * stride_kc_h + pos * stride_kc_s + cols
     v_src = v_ptr + t * stride_v_t + heads * stride_v_h + cols
-    v_dst = v_cache_ptr + slot * stride_vc_n + heads * stride_vc_h + pos * stride_vc_s + cols
+    v_dst = v_cache_ptr + blk * stride_vc_n + heads * stride_vc_h + pos * stride_vc_s + cols
     kc_dtype = k_cache_ptr.dtype.element_ty
     vc_dtype = v_cache_ptr.dtype.element_ty
     if ROTATE:  # BLOCK_D spans D/2: the two halves of rotate-half
@@ -84,8 +86,8 @@ def _kv_store_op(
     v: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
-    token_slots: torch.Tensor,
-    token_pos: torch.Tensor,
+    blocks: torch.Tensor,
+    offsets: torch.Tensor,
     cos: torch.Tensor | None,
     sin: torch.Tensor | None,
 ) -> None:
@@ -96,7 +98,7 @@ def _kv_store_op(
     cos_t, sin_t = (cos, sin) if rotate else (k, k)  # unread without rotation
     block_d = triton.next_power_of_2(d // 2 if rotate else d)
     _kv_store_kernel[(t,)](
-        k, v, k_cache, v_cache, token_slots, token_pos, cos_t, sin_t,
+        k, v, k_cache, v_cache, blocks, offsets, cos_t, sin_t,
         k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
@@ -108,36 +110,25 @@ def _kv_store_op(
 
 
 @_kv_store_op.register_fake
-def _(k, v, k_cache, v_cache, token_slots, token_pos, cos, sin):
+def _(k, v, k_cache, v_cache, blocks, offsets, cos, sin):
     return None
 
 
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32)
-
-
-def _check(k, v, k_cache, v_cache, token_slots, token_pos, cos, sin) -> None:
+def _check(k, v, k_cache, v_cache, blocks, offsets, cos, sin) -> None:
     check_rotary_args("k", k, cos, sin)
     check_rotary_args("v", v, None, None)
-    if v.shape != k.shape:
-        raise ValueError(f"v must have k's shape {tuple(k.shape)}; got {tuple(v.shape)}")
+    require(v.shape == k.shape, f"v must have k's shape {tuple(k.shape)}; got {tuple(v.shape)}")
     t, hkv, d = k.shape
     for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
-        if c.dim() != 4 or c.shape[1] != hkv or c.shape[3] != d or c.stride(-1) != 1:
-            raise ValueError(
-                f"{name} must be (N_slots, Hkv={hkv}, S_max, D={d}) with a contiguous last dim; got shape "
-                f"{tuple(c.shape)}, strides {c.stride()}"
-            )
-        if c.dtype not in _FLOATS:
-            raise TypeError(f"{name} must be fp16, bf16 or fp32; got {c.dtype}")
-    if v_cache.shape != k_cache.shape:
-        raise ValueError(f"v_cache must have k_cache's shape {tuple(k_cache.shape)}; got {tuple(v_cache.shape)}")
-    for name, idx in (("token_slots", token_slots), ("token_pos", token_pos)):
-        if idx.shape != (t,) or idx.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f"{name} must be a ({t},) int32/int64 tensor; got shape {tuple(idx.shape)}, {idx.dtype}")
-    for name, x in (("v", v), ("k_cache", k_cache), ("v_cache", v_cache), ("token_slots", token_slots),
-                    ("token_pos", token_pos)):  # fmt: skip
-        if x.device != k.device:
-            raise ValueError(f"{name} is on {x.device} but k is on {k.device}")
+        ok = c.dim() == 4 and c.shape[1] == hkv and c.shape[3] == d and c.stride(-1) == 1
+        require(ok, f"{name} must be (N_blocks, Hkv={hkv}, P, D={d}) with a contiguous last dim; got shape "
+                f"{tuple(c.shape)}, strides {c.stride()}")  # fmt: skip
+        require(c.dtype in FLOATS, f"{name} must be fp16, bf16 or fp32; got {c.dtype}", TypeError)
+    require(v_cache.shape == k_cache.shape, f"v_cache must have k_cache's shape {tuple(k_cache.shape)}; got "
+            f"{tuple(v_cache.shape)}")  # fmt: skip
+    check_index("blocks", blocks, (t,))
+    check_index("offsets", offsets, (t,))
+    check_same_device("k", k, v=v, k_cache=k_cache, v_cache=v_cache, blocks=blocks, offsets=offsets)
 
 
 def kv_store(
@@ -145,16 +136,16 @@ def kv_store(
     v: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
-    token_slots: torch.Tensor,
-    token_pos: torch.Tensor,
+    blocks: torch.Tensor,
+    offsets: torch.Tensor,
     cos: torch.Tensor | None = None,
     sin: torch.Tensor | None = None,
 ) -> None:
     """Writes k (rotated when cos/sin are given) and v into the caches in place (Triton), bit-exact with `kv_store_ref`.
 
     k, v: (T, Hkv, D) fp16/bf16/fp32, last dim contiguous (strided views are fine); k_cache, v_cache:
-    (N_slots, Hkv, S_max, D) fp16/bf16/fp32, last dim contiguous; token_slots, token_pos: (T,) int32/int64 on the
-    same device; cos, sin: None or (T, D) float tables. Returns None.
+    (N_blocks, Hkv, P, D) fp16/bf16/fp32, last dim contiguous; blocks, offsets: (T,) int32/int64 on the same
+    device (page and position in the page of each token); cos, sin: None or (T, D) float tables. Returns None.
     """
-    _check(k, v, k_cache, v_cache, token_slots, token_pos, cos, sin)
-    _kv_store_op(k, v, k_cache, v_cache, token_slots, token_pos, cos, sin)
+    _check(k, v, k_cache, v_cache, blocks, offsets, cos, sin)
+    _kv_store_op(k, v, k_cache, v_cache, blocks, offsets, cos, sin)

@@ -19,6 +19,7 @@ stores either row-major or straight into the shuffled layout (patch (r, s) -> to
 import torch
 import torch.nn.functional as F
 
+from ._checks import FLOATS
 from ._triton import interpreting, tl, triton, triton_usable
 from .pixel_shuffle import pixel_shuffle_ref
 
@@ -99,7 +100,6 @@ def _patch_embed_kernel(px_ptr, w_ptr, bias_ptr, pos_ptr, out_ptr,
     tl.store(out_ptr + out_row[:, None] + offs_n[None, :], out, mask=mask)
 
 
-_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _check(pixels, weight, bias, pos, shuffle) -> tuple[int, int]:
@@ -121,7 +121,7 @@ def _check(pixels, weight, bias, pos, shuffle) -> tuple[int, int]:
     if shuffle and g % 2:
         raise ValueError(f"shuffle=True needs an even patch grid, got g = {g} (S = {pixels.shape[-1]}, p = {p})")
     for name, t in (("pixels", pixels), ("weight", weight), ("bias", bias), ("pos", pos)):
-        if t.dtype not in _FLOATS:
+        if t.dtype not in FLOATS:
             raise TypeError(f"{name} must be float32/float16/bfloat16, got {t.dtype}")
     return p, g
 

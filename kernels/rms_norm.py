@@ -17,6 +17,7 @@ harmless); only the fp32 mean of squares may differ in its last bits (another su
 
 import torch
 
+from ._checks import FLOATS
 from ._triton import tl, triton
 
 
@@ -122,16 +123,15 @@ def _(x, weight, eps, residual):
     return y, x.new_empty(x.shape)
 
 
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def _check(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None) -> None:
-    if x.dim() != 2 or x.dtype not in _FLOATS or x.stride(-1) != 1:
+    if x.dim() != 2 or x.dtype not in FLOATS or x.stride(-1) != 1:
         raise ValueError(
             f"x must be a 2-D (T, C) fp16/bf16/fp32 tensor with a contiguous last dim; got shape {tuple(x.shape)}, "
             f"dtype {x.dtype}, strides {x.stride()}"
         )
-    if weight.shape != (x.shape[1],) or weight.dtype not in _FLOATS or weight.stride(-1) != 1:
+    if weight.shape != (x.shape[1],) or weight.dtype not in FLOATS or weight.stride(-1) != 1:
         raise ValueError(
             f"weight must be a contiguous ({x.shape[1]},) float tensor; got shape {tuple(weight.shape)}, "
             f"dtype {weight.dtype}, strides {weight.stride()}"

@@ -14,6 +14,7 @@ q and k may be strided views (T, H, D) of the fused qkv projection (last dim con
 
 import torch
 
+from ._checks import FLOATS
 from ._triton import tl, triton
 
 
@@ -122,12 +123,11 @@ def _(x, cos, sin):
     return x.new_empty(x.shape)
 
 
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def check_rotary_args(name: str, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None) -> None:
     """Validates a (T, H, D) input `name` and, when given, its (T, D) cos/sin tables (shared with the fused ops)."""
-    if x.dim() != 3 or x.dtype not in _FLOATS or x.stride(-1) != 1:
+    if x.dim() != 3 or x.dtype not in FLOATS or x.stride(-1) != 1:
         raise ValueError(
             f"{name} must be a (T, H, D) fp16/bf16/fp32 tensor with a contiguous last dim; got shape "
             f"{tuple(x.shape)}, dtype {x.dtype}, strides {x.stride()}"
@@ -140,7 +140,7 @@ def check_rotary_args(name: str, x: torch.Tensor, cos: torch.Tensor | None, sin:
         if tab is None:
             raise ValueError(f"cos and sin must be given together; {tname} is None")
         want = (x.shape[0], x.shape[2])
-        if tab.shape != want or tab.dtype not in _FLOATS or tab.stride(-1) != 1:
+        if tab.shape != want or tab.dtype not in FLOATS or tab.stride(-1) != 1:
             raise ValueError(
                 f"{tname} must be a float (T, D) = {want} table with a contiguous last dim; got shape "
                 f"{tuple(tab.shape)}, dtype {tab.dtype}, strides {tab.stride()}"

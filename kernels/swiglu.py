@@ -10,6 +10,7 @@ as the reference, one rounding at the end. Pure bandwidth: reads 2I and writes I
 import torch
 import torch.nn.functional as F
 
+from ._checks import FLOATS
 from ._triton import tl, triton
 
 
@@ -65,7 +66,7 @@ def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
     """
     if gate_up.dim() != 2 or gate_up.shape[1] % 2 != 0:
         raise ValueError(f"gate_up must be a 2-D (T, 2I) tensor, 2I even; got shape {tuple(gate_up.shape)}")
-    if gate_up.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+    if gate_up.dtype not in FLOATS:
         raise TypeError(f"gate_up must be fp16, bf16 or fp32; got {gate_up.dtype}")
     if gate_up.stride(-1) != 1 and gate_up.shape[1] > 1:
         raise ValueError(f"gate_up must have a contiguous last dim; got strides {gate_up.stride()}")

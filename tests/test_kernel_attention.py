@@ -1,6 +1,9 @@
 """Triton prefill attention vs attention_ref and an fp64 reference (the kernel's error <= 2x PyTorch's own + 1e-5).
 
-Interpreter cases (CPU) stay tiny; bf16, the model shape (16 q / 8 kv heads, D=128) and long sequences run on CUDA.
+Keys live in shuffled pages whose unowned positions hold NaN (inf in some cases) and whose table rows end in
+garbage page ids, so a read past a sequence's keys shows. Page sizes cover tiles inside one page (P a multiple of
+BLOCK_N) and tiles straddling pages. Interpreter cases (CPU) stay tiny; bf16, the model shape (16 q / 8 kv heads,
+D=128) and long sequences run on CUDA.
 """
 
 import math
@@ -11,6 +14,7 @@ import torch
 from kernels._triton import HAS_TRITON
 from kernels.attention import attention, attention_ref
 from tests.conftest import kernel_device, requires_cuda
+from tests.kernel_utils import paged_kv
 
 pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
 
@@ -21,16 +25,16 @@ def _rotate64(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Te
     return x * cos.double()[:, None] + rotated * sin.double()[:, None]
 
 
-def attention_fp64(q, k_cache, v_cache, cu_seqlens, prefix_lens, slots, cos=None, sin=None) -> torch.Tensor:
-    """The same math as attention_ref, everything in float64 (query chunks bound the score matrix)."""
+def attention_fp64(q, dense_k, dense_v, cu_seqlens, prefix_lens, cos=None, sin=None) -> torch.Tensor:
+    """The same math in float64 from each sequence's dense keys (query chunks bound the score matrix)."""
     q = q.double() if cos is None else _rotate64(q.double(), cos, sin)
-    rep, scale = q.shape[1] // k_cache.shape[1], 1.0 / math.sqrt(q.shape[2])
+    rep, scale = q.shape[1] // dense_k[0].shape[0], 1.0 / math.sqrt(q.shape[2])
     out = torch.empty_like(q)
     bounds, prefixes = cu_seqlens.tolist(), prefix_lens.tolist()
-    for b, slot in enumerate(slots.tolist()):
+    for b, (dk, dv) in enumerate(zip(dense_k, dense_v)):
         start, end, prefix = bounds[b], bounds[b + 1], prefixes[b]
-        k = k_cache[slot, :, : prefix + end - start].double().repeat_interleave(rep, 0)  # (Hq, L, D)
-        v = v_cache[slot, :, : prefix + end - start].double().repeat_interleave(rep, 0)
+        k = dk.double().repeat_interleave(rep, 0)  # (Hq, L, D)
+        v = dv.double().repeat_interleave(rep, 0)
         for c0 in range(start, end, 1024):
             c1 = min(c0 + 1024, end)
             scores = q[c0:c1].transpose(0, 1) @ k.transpose(1, 2) * scale  # (Hq, n, L)
@@ -40,27 +44,27 @@ def attention_fp64(q, k_cache, v_cache, cu_seqlens, prefix_lens, slots, cos=None
     return out
 
 
-def make_inputs(lens, prefixes, hq, hkv, d, dtype, rope, device=None, seed=0):
-    """q as a strided view of a fused qkv matrix, caches with permuted slots and spare capacity, RoPE tables."""
+def make_inputs(lens, prefixes, hq, hkv, d, dtype, rope, device=None, seed=0, page=16, poison=float("nan")):
+    """q as a strided view of a fused qkv matrix, paged caches holding prefix + n keys per sequence, RoPE tables.
+
+    Returns ((q, k_cache, v_cache, cu_seqlens, prefix_lens, block_tables, cos, sin), (dense_k, dense_v))."""
     device = device or kernel_device()
     gen = torch.Generator().manual_seed(seed)
     b, t = len(lens), sum(lens)
-    s_max = max(p + n for p, n in zip(prefixes, lens)) + 7
     qkv = torch.randn(t, (hq + 2 * hkv) * d, generator=gen)
     q = qkv.to(device, dtype)[:, : hq * d].view(t, hq, d)  # (T, Hq, D), row stride (Hq + 2 Hkv) D
-    k_cache = torch.randn(b + 2, hkv, s_max, d, generator=gen).to(device, dtype)
-    v_cache = torch.randn(b + 2, hkv, s_max, d, generator=gen).to(device, dtype)
+    kv_lens = [p + n for p, n in zip(prefixes, lens)]
+    k_cache, v_cache, tables, dense_k, dense_v = paged_kv(kv_lens, hkv, d, page, dtype, device, gen, poison)
     cu = torch.zeros(b + 1, dtype=torch.int32)
     cu[1:] = torch.cumsum(torch.tensor(lens), 0)
-    slots = torch.randperm(b + 2, generator=gen)[:b]
     cos = sin = None
     if rope:
         pos = torch.cat([torch.arange(p, p + n) for p, n in zip(prefixes, lens)]).double()
         freqs = pos[:, None] * 10000.0 ** (-torch.arange(0, d, 2).double() / d)  # (T, D/2)
         angles = torch.cat((freqs, freqs), -1)  # (T, D)
         cos, sin = angles.cos().to(device, dtype), angles.sin().to(device, dtype)
-    meta = (cu.to(device), torch.tensor(prefixes).to(device), slots.to(device))
-    return q, k_cache, v_cache, *meta, cos, sin
+    args = (q, k_cache, v_cache, cu.to(device), torch.tensor(prefixes).to(device), tables, cos, sin)
+    return args, (dense_k, dense_v)
 
 
 @pytest.fixture
@@ -75,31 +79,37 @@ def poisoned(monkeypatch):
     monkeypatch.setattr(torch, "empty", nan_empty)
 
 
-def check(lens, prefixes, hq, hkv, d, rope, dtype, device=None, max_seqlen=-1):
-    q, k_cache, v_cache, cu, prefix, slots, cos, sin = make_inputs(lens, prefixes, hq, hkv, d, dtype, rope, device)
+def check(lens, prefixes, hq, hkv, d, rope, dtype, device=None, max_seqlen=-1, page=16, poison=float("nan")):
+    args, (dense_k, dense_v) = make_inputs(lens, prefixes, hq, hkv, d, dtype, rope, device, page=page, poison=poison)
+    q, k_cache, v_cache, cu, prefix, tables, cos, sin = args
     max_seqlen = max(lens) if max_seqlen == -1 else max_seqlen
-    out = attention(q, k_cache, v_cache, cu, prefix, slots, None, cos, sin, max_seqlen)
+    out = attention(q, k_cache, v_cache, cu, prefix, tables, None, cos, sin, max_seqlen)
     assert out.shape == q.shape and out.dtype == dtype and out.is_contiguous()
-    exact = attention_fp64(q, k_cache, v_cache, cu, prefix, slots, cos, sin)
-    ref = attention_ref(q, k_cache, v_cache, cu, prefix, slots, None, cos, sin)
-    err = (out.double() - exact).abs().max().item()  # NaN (an unwritten element) fails the comparison below
+    exact = attention_fp64(q, dense_k, dense_v, cu, prefix, cos, sin)
+    ref = attention_ref(q, k_cache, v_cache, cu, prefix, tables, None, cos, sin)
+    err = (out.double() - exact).abs().max().item()  # NaN (an unwritten element or a poisoned key) fails below
     ref_err = (ref.double() - exact).abs().max().item()
     assert err <= 2 * ref_err + 1e-5, f"kernel error {err:.3g} vs PyTorch's {ref_err:.3g}"
 
 
-CPU_CASES = [  # lens, prefix_lens, Hq, Hkv, D, rope
-    ([1, 17, 113], [0, 0, 0], 2, 1, 64, False),
-    ([1, 17, 113], [9, 0, 40], 4, 2, 80, True),
-    ([33], [70], 3, 1, 128, True),
-    ([5, 70], [64, 1], 3, 1, 64, False),
-    ([7, 20], [0, 3], 2, 2, 8, True),  # Hq = Hkv, D padded to the 16 that tl.dot needs
+CPU_CASES = [  # lens, prefix_lens, Hq, Hkv, D, rope, page
+    ([1, 17, 113], [0, 0, 0], 2, 1, 64, False, 16),
+    ([1, 17, 113], [9, 0, 40], 4, 2, 80, True, 64),
+    ([33], [70], 3, 1, 128, True, 40),
+    ([5, 70], [64, 1], 3, 1, 64, False, 128),
+    ([7, 20], [0, 3], 2, 2, 8, True, 1),  # Hq = Hkv, D padded to the 16 that tl.dot needs; one key per page
 ]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("case", CPU_CASES, ids=lambda c: f"lens{c[0]}-pre{c[1]}-{c[2]}x{c[3]}-d{c[4]}-rope{c[5]}")
+@pytest.mark.parametrize("case", CPU_CASES, ids=lambda c: f"lens{c[0]}-pre{c[1]}-{c[2]}x{c[3]}-d{c[4]}-p{c[6]}")
 def test_matches_reference(case, dtype, poisoned):
-    check(*case, dtype)
+    *shape, page = case
+    check(*shape, dtype, page=page)
+
+
+def test_inf_past_the_keys_never_leaks(poisoned):
+    check([3, 50], [13, 0], 2, 1, 64, True, torch.float32, page=32, poison=float("inf"))
 
 
 def test_default_max_seqlen_is_safe(poisoned):
@@ -113,7 +123,8 @@ def test_every_tuning_config(monkeypatch, poisoned):
 
     for config in mod._tile_configs():
         monkeypatch.setattr(mod._attention_kernel, "configs", [config])  # a single config runs without tuning
-        check([3, 130], [0, 70], 2, 1, 64, True, torch.float16)
+        for page in (16, 128):  # tiles straddling pages, and tiles inside one page
+            check([3, 130], [0, 70], 2, 1, 64, True, torch.float16, page=page)
 
 
 @requires_cuda
@@ -122,8 +133,9 @@ def test_every_tuning_config(monkeypatch, poisoned):
     "lens, prefixes",
     [([1023], [0]), ([4096], [0]), ([13000], [0]), ([1, 17, 113, 1023], [0, 300, 5, 2048]), ([64], [3000])],
 )
-def test_model_shape_cuda(lens, prefixes, dtype):
-    check(lens, prefixes, 16, 8, 128, True, dtype)
+@pytest.mark.parametrize("page", [64, 256])
+def test_model_shape_cuda(lens, prefixes, dtype, page):
+    check(lens, prefixes, 16, 8, 128, True, dtype, page=page)
 
 
 @requires_cuda
@@ -135,7 +147,7 @@ def test_head_shapes_cuda(hq, hkv, d, dtype):
 
 def test_custom_op_registration():
     """Schema, fake (meta) kernel and dispatch are consistent, so torch.compile and CUDA graphs can trace it."""
-    args = make_inputs([3, 9], [0, 4], 2, 1, 64, torch.float16, True)
+    args, _ = make_inputs([3, 9], [0, 4], 2, 1, 64, torch.float16, True)
     args = (*args[:6], None, *args[6:], 9)
     torch.library.opcheck(torch.ops.hovle.attention.default, args, test_utils=("test_schema", "test_faketensor"))
     traced = torch.compile(lambda *a: attention(*a), backend="aot_eager", fullgraph=True)  # no graph break
@@ -160,14 +172,16 @@ def _bad(name: str, **changes):
         _bad("cu_seqlens", cu_seqlens=lambda a: a["cu_seqlens"][:-1]),
         _bad("cu_seqlens", cu_seqlens=lambda a: a["cu_seqlens"].float()),
         _bad("prefix_lens", prefix_lens=lambda a: a["prefix_lens"][None]),
+        _bad("block_tables", block_tables=lambda a: a["block_tables"][0]),
+        _bad("block_tables", block_tables=lambda a: a["block_tables"].float()),
         _bad("cos and sin", sin=lambda a: None),
         _bad("cos", cos=lambda a: a["cos"][:-1], sin=lambda a: a["sin"][:-1]),
         _bad("max_seqlen", max_seqlen=lambda a: 0),
     ],
 )
 def test_validation(name, changes):
-    keys = ("q", "k_cache", "v_cache", "cu_seqlens", "prefix_lens", "slots", "cos", "sin")
-    args = dict(zip(keys, make_inputs([3, 9], [0, 4], 2, 1, 64, torch.float16, True)), max_seqlen=9)
+    keys = ("q", "k_cache", "v_cache", "cu_seqlens", "prefix_lens", "block_tables", "cos", "sin")
+    args = dict(zip(keys, make_inputs([3, 9], [0, 4], 2, 1, 64, torch.float16, True)[0]), max_seqlen=9)
     args.update({key: fn(args) for key, fn in changes.items()})
     with pytest.raises(ValueError, match=name):
         attention(**args)

@@ -1,7 +1,8 @@
 """Triton flash-decoding vs decode_attention_ref and an fp64 reference (kernel error <= 2x PyTorch's own + 1e-5).
 
 Interpreter cases (CPU) keep contexts under 300 keys; bf16, the model shape (16 q / 8 kv heads, D=128) and 4k/16k
-contexts run on CUDA only. torch.empty is poisoned (NaN) in every kernel call so unwritten elements show.
+contexts run on CUDA only. torch.empty is poisoned (NaN) in every kernel call so unwritten elements show; the keys
+sit in shuffled pages whose unowned positions hold NaN (inf in one case) and whose table rows end in garbage ids.
 """
 
 import math
@@ -12,6 +13,7 @@ import torch
 from kernels._triton import HAS_TRITON
 from kernels.decode_attention import _launch, decode_attention, decode_attention_ref
 from tests.conftest import kernel_device, requires_cuda
+from tests.kernel_utils import paged_kv
 
 pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
 
@@ -25,99 +27,103 @@ def poison_empty():
     torch.use_deterministic_algorithms(was)
 
 
-def decode_attention_fp64(q, k_cache, v_cache, seq_lens, slots, cos=None, sin=None) -> torch.Tensor:
-    """The same math as decode_attention_ref in float64, one sequence at a time (no padding, no mask)."""
+def decode_attention_fp64(q, dense_k, dense_v, cos=None, sin=None) -> torch.Tensor:
+    """The same math as decode_attention_ref in float64 from each sequence's dense keys (no padding, no mask)."""
     q = q.double()
     if cos is not None:
         half = q.shape[-1] // 2
         rotated = torch.cat((-q[..., half:], q[..., :half]), dim=-1)
         q = q * cos.double()[:, None] + rotated * sin.double()[:, None]
-    rep, scale = q.shape[1] // k_cache.shape[1], 1.0 / math.sqrt(q.shape[2])
+    rep, scale = q.shape[1] // dense_k[0].shape[0], 1.0 / math.sqrt(q.shape[2])
     out = torch.empty_like(q)
-    for b, (n, slot) in enumerate(zip(seq_lens.tolist(), slots.tolist())):
-        k = k_cache[slot, :, :n].double().repeat_interleave(rep, 0)  # (Hkv, L, D) -> (Hq, L, D)
-        v = v_cache[slot, :, :n].double().repeat_interleave(rep, 0)
+    for b, (dk, dv) in enumerate(zip(dense_k, dense_v)):
+        k = dk.double().repeat_interleave(rep, 0)  # (Hkv, L, D) -> (Hq, L, D)
+        v = dv.double().repeat_interleave(rep, 0)
         scores = (q[b, :, None, :] @ k.transpose(1, 2)) * scale  # (Hq, 1, L)
         out[b] = (scores.softmax(-1) @ v)[:, 0]  # (Hq, 1, D) -> (Hq, D)
     return out
 
 
-def make_inputs(lens, slots, n_slots, hq, hkv, d, dtype, rope, device=None, seed=0):
-    """q as a strided view of a fused qkv row, a cache with spare capacity, RoPE tables at each last position."""
+def make_inputs(lens, hq, hkv, d, dtype, rope, device=None, seed=0, page=16, poison=float("nan")):
+    """q as a strided view of a fused qkv row, paged caches with garbage past each sequence, RoPE tables at each last
+    position. Returns ((q, k_cache, v_cache, seq_lens, block_tables, cos, sin), (dense_k, dense_v))."""
     device = device or kernel_device()
     gen = torch.Generator().manual_seed(seed)
-    b, s_max = len(lens), max(lens) + 5
+    b = len(lens)
     qkv = torch.randn(b, (hq + 2 * hkv) * d, generator=gen).to(device, dtype)
     q = qkv[:, : hq * d].view(b, hq, d)  # (B, Hq, D), row stride (Hq + 2 Hkv) D
-    k_cache = torch.randn(n_slots, hkv, s_max, d, generator=gen).to(device, dtype)
-    v_cache = torch.randn(n_slots, hkv, s_max, d, generator=gen).to(device, dtype)
+    k_cache, v_cache, tables, dense_k, dense_v = paged_kv(lens, hkv, d, page, dtype, device, gen, poison)
     seq_lens = torch.tensor(lens, dtype=torch.int32, device=device)
-    slots = torch.tensor(slots, dtype=torch.int64, device=device)
     cos = sin = None
     if rope:
         pos = torch.tensor(lens, dtype=torch.float64) - 1
         freqs = pos[:, None] * 10000.0 ** (-torch.arange(0, d, 2).double() / d)  # (B, D/2)
         angles = torch.cat((freqs, freqs), -1)  # (B, D)
         cos, sin = angles.cos().to(device, dtype), angles.sin().to(device, dtype)
-    return q, k_cache, v_cache, seq_lens, slots, cos, sin
+    return (q, k_cache, v_cache, seq_lens, tables, cos, sin), (dense_k, dense_v)
 
 
-def check(out, inputs):
+def check(out, inputs, dense):
     """out vs the same-dtype reference and fp64: the 2x rule, and every element written (no NaN)."""
-    q, k_cache, v_cache, seq_lens, slots, cos, sin = inputs
+    q, k_cache, v_cache, seq_lens, tables, cos, sin = inputs
     assert out.shape == q.shape and out.dtype == q.dtype and not out.isnan().any()
     with torch.inference_mode():
         torch.use_deterministic_algorithms(False)  # the references may use any algorithm
-        gold = decode_attention_fp64(q, k_cache, v_cache, seq_lens, slots, cos, sin)
-        ref = decode_attention_ref(q, k_cache, v_cache, seq_lens, slots, None, cos, sin)
+        gold = decode_attention_fp64(q, *dense, cos, sin)
+        ref = decode_attention_ref(q, k_cache, v_cache, seq_lens, tables, None, cos, sin)
     ref_err = (ref.double() - gold).abs().max().item()
     err = (out.double() - gold).abs().max().item()
     assert err <= 2 * ref_err + 1e-5, f"kernel error {err:.3g} vs PyTorch's {ref_err:.3g}"
     assert (out.double() - ref.double()).abs().max().item() <= 3 * ref_err + 1e-5
 
 
-# (lens, slots, n_slots, Hq, Hkv, D): unequal lengths with 1 and non-multiples of BLOCK_N, permuted slot subsets.
+# (lens, Hq, Hkv, D, page): unequal lengths with 1 and non-multiples of BLOCK_N; pages inside and across key tiles.
 CPU_CASES = [
-    ([1, 37, 130], [3, 0, 2], 4, 2, 1, 64),
-    ([65, 5], [1, 0], 2, 3, 1, 80),
-    ([200, 1, 64], [2, 4, 0], 5, 8, 2, 128),
-    ([129], [0], 1, 2, 2, 64),
+    ([1, 37, 130], 2, 1, 64, 16),
+    ([65, 5], 3, 1, 80, 64),
+    ([200, 1, 64], 8, 2, 128, 24),
+    ([129], 2, 2, 64, 128),
 ]
 
 
 @pytest.mark.parametrize("rope", [False, True], ids=["plain", "rope"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
-@pytest.mark.parametrize("case", CPU_CASES, ids=lambda c: f"rep{c[3] // c[4]}-d{c[5]}-lens{c[0]}")
+@pytest.mark.parametrize("case", CPU_CASES, ids=lambda c: f"rep{c[1] // c[2]}-d{c[3]}-lens{c[0]}-p{c[4]}")
 def test_matches_references(case, dtype, rope):
-    lens, slots, n_slots, hq, hkv, d = case
-    inputs = make_inputs(lens, slots, n_slots, hq, hkv, d, dtype, rope)
-    check(decode_attention(*inputs[:5], None, *inputs[5:]), inputs)
+    lens, hq, hkv, d, page = case
+    inputs, dense = make_inputs(lens, hq, hkv, d, dtype, rope, page=page)
+    check(decode_attention(*inputs[:5], None, *inputs[5:]), inputs, dense)
+
+
+def test_inf_past_the_keys_never_leaks():
+    inputs, dense = make_inputs([3, 70], 4, 2, 64, torch.float32, True, page=32, poison=float("inf"))
+    check(decode_attention(*inputs[:5], None, *inputs[5:]), inputs, dense)
 
 
 @pytest.mark.parametrize("num_splits", [1, 2, 7])
 def test_split_counts_and_empty_chunks(num_splits):
     """Explicit split counts: 7 splits of a 100-key sequence leave whole chunks past its end (and of length 1's)."""
-    inputs = make_inputs([100, 1, 290], [1, 2, 0], 3, 4, 1, 64, torch.float16, rope=True, seed=1)
-    q, k_cache, v_cache, seq_lens, slots, cos, sin = inputs
+    inputs, dense = make_inputs([100, 1, 290], 4, 1, 64, torch.float16, rope=True, seed=1)
+    q, k_cache, v_cache, seq_lens, tables, cos, sin = inputs
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
-    _launch(q, k_cache, v_cache, seq_lens, slots, None, cos, sin, num_splits, out)
-    check(out, inputs)
+    _launch(q, k_cache, v_cache, seq_lens, tables, None, cos, sin, num_splits, out)
+    check(out, inputs, dense)
 
 
 def test_max_seq_len_hint_and_scale():
     """max_seq_len only sizes the split count: a hint below the true lengths still gives exact results."""
-    inputs = make_inputs([150, 20], [0, 1], 2, 4, 2, 64, torch.float32, rope=False, seed=2)
-    q, k_cache, v_cache, seq_lens, slots, _, _ = inputs
+    inputs, dense = make_inputs([150, 20], 4, 2, 64, torch.float32, rope=False, seed=2)
+    q, k_cache, v_cache, seq_lens, tables, _, _ = inputs
     for hint in (1, 150, 10_000):
-        check(decode_attention(q, k_cache, v_cache, seq_lens, slots, max_seq_len=hint), inputs)
-    out = decode_attention(q, k_cache, v_cache, seq_lens, slots, scale=0.3)
+        check(decode_attention(q, k_cache, v_cache, seq_lens, tables, max_seq_len=hint), inputs, dense)
+    out = decode_attention(q, k_cache, v_cache, seq_lens, tables, scale=0.3)
     torch.use_deterministic_algorithms(False)
-    ref = decode_attention_ref(q, k_cache, v_cache, seq_lens, slots, scale=0.3)
+    ref = decode_attention_ref(q, k_cache, v_cache, seq_lens, tables, scale=0.3)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
 def test_torch_compile_sees_the_custom_op():
-    inputs = make_inputs([33, 7], [1, 0], 2, 2, 1, 64, torch.float32, rope=True, seed=3)
+    inputs, _ = make_inputs([33, 7], 2, 1, 64, torch.float32, rope=True, seed=3)
     torch.library.opcheck(
         torch.ops.hovle.decode_attention.default, (*inputs[:5], None, *inputs[5:], None), test_utils=["test_faketensor"]
     )
@@ -129,37 +135,37 @@ def test_torch_compile_sees_the_custom_op():
 @pytest.mark.parametrize(
     "lens", [[4096, 1, 1000, 4097], [16384, 300], [1023, 113, 1, 4000, 64, 128, 2048, 999]], ids=lambda x: str(len(x))
 )
-def test_model_shape_long_contexts_cuda(lens, rope, dtype):
-    n = len(lens)
-    inputs = make_inputs(lens, list(range(n))[::-1], n + 1, 16, 8, 128, dtype, rope, device="cuda")
-    check(decode_attention(*inputs[:5], None, *inputs[5:]), inputs)
+@pytest.mark.parametrize("page", [64, 256])
+def test_model_shape_long_contexts_cuda(lens, rope, dtype, page):
+    inputs, dense = make_inputs(lens, 16, 8, 128, dtype, rope, device="cuda", page=page)
+    check(decode_attention(*inputs[:5], None, *inputs[5:]), inputs, dense)
 
 
 @requires_cuda
 @pytest.mark.parametrize("case", [([257, 1, 90], 4, 1, 64), ([300, 31], 6, 2, 80), ([511], 8, 2, 128)])
 def test_group_sizes_bf16_cuda(case):
     lens, hq, hkv, d = case
-    inputs = make_inputs(lens, list(range(len(lens))), len(lens), hq, hkv, d, torch.bfloat16, True, device="cuda")
-    check(decode_attention(*inputs[:5], None, *inputs[5:]), inputs)
+    inputs, dense = make_inputs(lens, hq, hkv, d, torch.bfloat16, True, device="cuda", page=32)
+    check(decode_attention(*inputs[:5], None, *inputs[5:]), inputs, dense)
 
 
 @requires_cuda
 def test_cuda_graph_capture():
-    inputs = make_inputs([4096, 17], [1, 0], 2, 16, 8, 128, torch.bfloat16, True, device="cuda")
+    inputs, (dense_k, dense_v) = make_inputs([4096, 17], 16, 8, 128, torch.bfloat16, True, device="cuda", page=64)
     torch.use_deterministic_algorithms(False)  # the captured allocations need not be filled
     decode_attention(*inputs[:5], None, *inputs[5:], max_seq_len=4096)  # compile and autotune outside the capture
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = decode_attention(*inputs[:5], None, *inputs[5:], max_seq_len=4096)
-    inputs[3].copy_(torch.tensor([100, 4000], device="cuda"))  # new lengths, same graph
+    inputs[3].copy_(torch.tensor([100, 17], device="cuda"))  # new lengths, same graph
     graph.replay()
-    check(out.clone(), inputs)
+    check(out.clone(), inputs, ([dense_k[0][:, :100], dense_k[1]], [dense_v[0][:, :100], dense_v[1]]))
 
 
 def _bad(name):
     """A valid CPU-sized call with one argument broken; returns (args, kwargs)."""
-    q, k_cache, v_cache, seq_lens, slots, cos, sin = make_inputs([5, 3], [0, 1], 2, 4, 2, 64, torch.float32, True)
-    args = {"q": q, "k_cache": k_cache, "v_cache": v_cache, "seq_lens": seq_lens, "slots": slots}
+    q, k_cache, v_cache, seq_lens, tables, cos, sin = make_inputs([5, 3], 4, 2, 64, torch.float32, True)[0]
+    args = {"q": q, "k_cache": k_cache, "v_cache": v_cache, "seq_lens": seq_lens, "block_tables": tables}
     kwargs = {"cos": cos, "sin": sin}
     broken = {
         "q": ("q", q[..., :32]),  # D differs from the cache
@@ -170,7 +176,7 @@ def _bad(name):
         "k_dtype": ("k_cache", k_cache.half()),
         "heads": ("q", q[:, :3]),
         "seq_lens": ("seq_lens", seq_lens.float()),
-        "slots": ("slots", slots[:1]),
+        "tables": ("block_tables", tables[:1]),
         "cos": ("cos", cos[:, :10]),
         "sin": ("sin", None),
     }
@@ -184,13 +190,13 @@ def _bad(name):
     [
         ("q", ValueError, "k_cache"),
         ("q_dtype", TypeError, "q must be"),
-        ("q_stride", ValueError, "q must have a contiguous last dim"),
+        ("q_stride", ValueError, "q must be .* with a contiguous last dim"),
         ("k_cache", ValueError, "k_cache must be"),
         ("v_cache", ValueError, "v_cache shape"),
-        ("k_dtype", TypeError, "k_cache dtype"),
+        ("k_dtype", ValueError, "k_cache must be"),
         ("heads", ValueError, "q heads (3)"),
         ("seq_lens", ValueError, "seq_lens must be"),
-        ("slots", ValueError, "slots must be"),
+        ("tables", ValueError, "block_tables must be"),
         ("cos", ValueError, "cos, sin must be"),
         ("sin", ValueError, "cos and sin"),
     ],
@@ -202,10 +208,10 @@ def test_validation(name, exc, words):
 
 
 def test_validation_scalars():
-    q, k_cache, v_cache, seq_lens, slots, _, _ = make_inputs([5], [0], 1, 2, 1, 64, torch.float32, False)
+    q, k_cache, v_cache, seq_lens, tables, _, _ = make_inputs([5], 2, 1, 64, torch.float32, False)[0]
     with pytest.raises(ValueError, match="max_seq_len"):
-        decode_attention(q, k_cache, v_cache, seq_lens, slots, max_seq_len=0)
+        decode_attention(q, k_cache, v_cache, seq_lens, tables, max_seq_len=0)
     with pytest.raises(TypeError, match="scale"):
-        decode_attention(q, k_cache, v_cache, seq_lens, slots, scale="0.1")
+        decode_attention(q, k_cache, v_cache, seq_lens, tables, scale="0.1")
     with pytest.raises(ValueError, match="seq_lens is on"):
-        decode_attention(q, k_cache, v_cache, seq_lens.to("meta"), slots)
+        decode_attention(q, k_cache, v_cache, seq_lens.to("meta"), tables)
