@@ -16,7 +16,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import ROOT, append_rows, provenance  # noqa: E402
 from engine import Engine  # noqa: E402
-from engine.model import PrefillItem  # noqa: E402
 from engine.tooling.default_model import ensure_default_model  # noqa: E402
 
 
@@ -31,8 +30,7 @@ def reference_errors() -> list[dict]:
             path = make_checkpoint(Path(tmp), name, variant, **overrides)
             eng = Engine.from_pretrained(path, device="cpu", dtype=torch.float32, max_context=4096)
             req = eng.prepare([{"role": "user", "content": question}], [noise_image(*i) for i in images], max_num)
-            emb, llm = eng.model.new_caches(1, len(req.ids_emb), len(req.ids_llm))
-            ours = eng.model.prefill([PrefillItem(req.ids_llm, req.ids_emb, 0)], req.pixel_values, emb, llm, True)
+            ours = eng.prompt_logits(req)
             theirs = ReferenceHoVLE.from_dir(str(path)).prefill(req.ids_emb, req.ids_llm, req.pixel_values)
             err = float((ours - theirs).abs().max() / theirs.abs().max())
             rows.append({"op": "logits_vs_reference", "case": name, "tokens": len(req.ids_llm), "max_rel_err": err})

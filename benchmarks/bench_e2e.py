@@ -34,7 +34,7 @@ from PIL import Image
 
 from benchmarks.common import RESULTS, ROOT, append_rows, measured_peaks, provenance  # noqa: E402
 from engine import Engine  # noqa: E402
-from engine.config import HoVLEConfig  # noqa: E402
+from engine.loaders.config import HoVLEConfig  # noqa: E402
 from engine.tooling.checkpoint_writer import write_checkpoint  # noqa: E402
 from engine.tooling.default_model import bundled_tokenizer, config_dict, random_tensors  # noqa: E402
 

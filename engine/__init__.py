@@ -1,9 +1,9 @@
 """HoVLE / HoVLE-HD inference engine: loads the released safetensors directly, no trust_remote_code."""
 
-from .config import HoVLEConfig
 from .engine import Engine, Stream
 from .errors import ConfigError, HoVLEError, ImageError, InputError, TokenizerError, WeightsError
 from .generation import GenerationResult, SamplingParams, Timings
+from .loaders.config import HoVLEConfig
 
 __all__ = [
     "ConfigError",

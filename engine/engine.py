@@ -1,15 +1,19 @@
-"""The user-facing runtime: `Engine.from_pretrained(path)`, `Engine.generate(...)`, `Engine.chat(...)`.
+"""The user-facing runtime: `Engine.from_pretrained(path)`, `generate(...)`, `chat(...)`, `prompt_logits(...)`.
 
-A request is turned into token ids (chat template, `<image>` placeholders expanded to the tiles' image tokens: the
-LLM sequence at 256 per tile, HoVLE-HD's embedding sequence at 1024 per tile) and normalised tiles; a batch is
-prefilled in one packed forward and then decoded one token per step for the sequences still running.
+A request is turned into token ids and tiles in the caller's thread (engine/request.py), then handed to the
+scheduler (engine/runtime/scheduler.py), which batches every request it has, from any number of callers,
+continuously on its own thread: requests join the running batch between decode steps and leave it when they end.
+`generate` waits for its own requests' events (or streams them); nothing else is shared between callers, so one
+Engine may be used from several threads at once, and an unfinished stream keeps its own buffer while other
+requests run (see the README's concurrency contract).
 """
 
 from __future__ import annotations
 
+import queue
 import time
+import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +21,19 @@ import torch
 
 from kernels import get_ops
 
-from .config import HoVLEConfig
-from .decode import DecodeRunner
 from .errors import InputError, TokenizerError
-from .generation import GenerationResult, SamplingParams, SequenceText, Timings, draw_uniforms
-from .image import PREPROCESS_PATHS, preprocess
-from .model import HD_DECODE_MODES, HoVLEModel, PrefillItem
-from .prefix import CachedSequence, reusable_prefix
-from .prompt import build_prompt, expand_image_placeholders, get_template, place_images, split_images
-from .tokenizer import Tokenizer
-from .weights import load_weights
+from .generation import GenerationResult, SamplingParams, Timings
+from .loaders.config import HoVLEConfig
+from .loaders.image import PREPROCESS_PATHS
+from .loaders.tokenizer import Tokenizer
+from .loaders.weights import load_weights
+from .model.model import HD_DECODE_MODES, HoVLEModel
+from .prompt import get_template, split_images
+from .request import MAX_TILES_CAP, Request, RequestBuilder
+from .runtime.runner import ModelRunner
+from .runtime.scheduler import Scheduler
+from .runtime.sequence import Sequence
+from .runtime.sizing import Sizing
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -34,19 +41,13 @@ _DTYPES = {
 }  # fmt: skip
 
 
-@dataclass
-class Request:
-    ids_llm: list[int]
-    ids_emb: list[int]
-    pixel_values: torch.Tensor | None
-    tiles: list[int]
-    grids: list[tuple[int, int]]  # (cols, rows) of each image's tiling, thumbnail not counted
-    preprocess_s: float
-    paths: list[str]  # image preprocessing paths used ("python", "native-cpu")
-
-
 def resolve_device_dtype(device: Any, dtype: Any) -> tuple[torch.device, torch.dtype]:
-    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    except (RuntimeError, TypeError) as exc:
+        raise InputError(f"device {device!r} is not a device torch knows; expected cpu, cuda or cuda:N") from exc
+    if device.type not in ("cpu", "cuda"):
+        raise InputError(f"device {device} is not supported; expected cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device {device} was asked for but torch sees no CUDA device")
     if dtype is None:
@@ -60,15 +61,26 @@ def resolve_device_dtype(device: Any, dtype: Any) -> tuple[torch.device, torch.d
     return device, dtype
 
 
-class Stream:
-    """Iterates over text deltas of a streamed generation; `results` holds the GenerationResults afterwards."""
+def _positive_int(name: str, value, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InputError(f"{name} = {value!r}; expected a positive integer{' or None' if allow_none else ''}")
 
-    def __init__(self, events: Iterator[tuple[int, str]], single: bool, results: list[GenerationResult]):
-        self._events, self._single, self.results = events, single, results  # results fill in as events run out
+
+class Stream:
+    """Iterates over text deltas of a streamed generation (for a batch: (index, delta) pairs); `results` holds
+    the GenerationResults once the iteration is over. Closing it early cancels the requests still running."""
+
+    def __init__(self, events: Iterator[tuple[int, str]], single: bool, results: list):
+        self._events, self._single, self.results = events, single, results
 
     def __iter__(self):
         for index, delta in self._events:
             yield delta if self._single else (index, delta)
+
+    def close(self) -> None:
+        self._events.close()
 
     @property
     def result(self) -> GenerationResult:
@@ -76,15 +88,13 @@ class Stream:
 
 
 class Engine:
-    def __init__(self, cfg: HoVLEConfig, tokenizer: Tokenizer, model: HoVLEModel, hd_decode: str, max_context: int):
-        self.cfg, self.tokenizer, self.model = cfg, tokenizer, model
-        self.hd_decode, self.max_context = hd_decode, max_context
-        self.template = get_template(cfg.template)
-        self.cuda_graphs = True
-        self.preprocess = "auto"
-        self.reuse_prefix = True  # single-sequence requests extending the cached one prefill only their new tokens
-        self._cached: CachedSequence | None = None
-        self._runner: DecodeRunner | None = None
+    def __init__(self, cfg: HoVLEConfig, tokenizer: Tokenizer, model: HoVLEModel, scheduler: Scheduler,
+                 builder: RequestBuilder, hd_decode: str, max_context: int):  # fmt: skip
+        self.cfg, self.tokenizer, self.model, self.scheduler = cfg, tokenizer, model, scheduler
+        self.builder, self.hd_decode, self.max_context = builder, hd_decode, max_context
+        self.runner: ModelRunner = scheduler.runner
+        self.template = builder.template
+        self._finalizer = weakref.finalize(self, scheduler.close)  # the scheduler thread ends with the engine
 
     @classmethod
     def from_pretrained(
@@ -99,58 +109,66 @@ class Engine:
         progress: bool | None = None,
         cuda_graphs: bool = True,
         preprocess: str = "auto",
+        max_batch: int | None = None,
+        max_queue: int = 1024,
+        max_tiles: int | None = None,
+        kv_cache_memory: int | None = None,
+        kv_page_size: int | None = None,
+        prefill_chunk: int | None = None,
+        prefix_caching: bool = True,
     ) -> Engine:
-        """Loads a HoVLE / HoVLE-HD checkpoint folder (config.json, tokenizer files, safetensors shards)."""
+        """Loads a HoVLE / HoVLE-HD checkpoint folder (config.json, tokenizer files, safetensors shards).
+
+        Every option is checked before any weight is read. See the README for what each one does."""
         device, dtype = resolve_device_dtype(device, dtype)
         if preprocess not in PREPROCESS_PATHS:
             raise InputError(f"preprocess {preprocess!r} is not supported; choose one of {PREPROCESS_PATHS}")
         if hd_decode not in HD_DECODE_MODES:
             raise InputError(f"hd_decode {hd_decode!r} is not supported; choose one of {HD_DECODE_MODES}")
+        for name, value in (("max_context", max_context), ("max_batch", max_batch), ("max_queue", max_queue),
+                            ("max_tiles", max_tiles), ("kv_cache_memory", kv_cache_memory),
+                            ("kv_page_size", kv_page_size), ("prefill_chunk", prefill_chunk)):  # fmt: skip
+            _positive_int(name, value)
+        if max_tiles is not None and max_tiles > MAX_TILES_CAP:
+            raise InputError(f"max_tiles = {max_tiles}; the hard cap is {MAX_TILES_CAP} tiles per image")
+        if max_context is not None and max_context < 2:
+            raise InputError(f"max_context = {max_context!r}; expected an integer >= 2")
+        try:
+            ops = get_ops(backend, device.type)
+        except ValueError as exc:
+            raise InputError(str(exc)) from exc
         cfg = HoVLEConfig.from_dir(path)
         tokenizer = Tokenizer.from_dir(path)
-        _check_tokenizer(cfg, tokenizer)
-        ops = get_ops(backend, device.type)
+        template = get_template(cfg.template)
+        _check_tokenizer(cfg, tokenizer, template)
         model = HoVLEModel(cfg, load_weights(path, cfg, dtype=dtype, device=device, progress=progress), ops)
-        rope = cfg.llm.stack.rope
-        # The scaled RoPE variants exist to run past max_position_embeddings, by their factor.
-        limit = max_context or int(rope.max_position_embeddings * (rope.factor if rope.scaling else 1))
-        if not isinstance(limit, int) or limit < 2:
-            raise InputError(f"max_context = {limit!r}; expected an integer >= 2")
-        engine = cls(cfg, tokenizer, model, hd_decode, limit)
-        engine.cuda_graphs = bool(cuda_graphs)  # used on CUDA only: one captured decode step per batch bucket
-        engine.preprocess = preprocess  # "auto": the native C++ image path when it is built, else PIL
-        return engine
+        sizing = Sizing(cfg, model, ops, max_context, max_batch, kv_cache_memory, kv_page_size, hd_decode)
+        runner = ModelRunner(model, max_batch=sizing.max_batch, num_pages=sizing.num_pages, page=sizing.page,
+                             max_pages=sizing.max_pages, cuda_graphs=bool(cuda_graphs), quirk=sizing.quirk,
+                             vocab_limit=tokenizer.vocab_size if tokenizer.vocab_size < cfg.llm.vocab_size else None)
+        chunk = prefill_chunk or (4096 if device.type == "cuda" else 2048)
+        scheduler = Scheduler(runner, tokenizer, max_batch=sizing.max_batch, max_queue=max_queue,
+                              prefill_chunk=chunk, prefix_caching=bool(prefix_caching))  # fmt: skip
+        builder = RequestBuilder(cfg, tokenizer, template, max_tiles or max(cfg.max_dynamic_patch, 1))
+        builder.preprocess = preprocess  # "auto": the native C++ image path when it is built, else PIL
+        return cls(cfg, tokenizer, model, scheduler, builder, hd_decode, sizing.max_context)
+
+    def close(self) -> None:
+        """Stops the scheduler thread (requests still running fail with EngineClosed)."""
+        self._finalizer()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # ---- requests -----------------------------------------------------------------------------------------
     def prepare(self, messages: list[dict], images: list | None = None, max_num: int | None = None) -> Request:
         """Chat messages (+ images for their `<image>` placeholders, in order) -> token ids and tiles."""
-        t0 = time.perf_counter()
-        images = list(images or [])
-        messages = place_images(messages, len(images))
-        cfg = self.cfg
-        max_num = (cfg.max_dynamic_patch if cfg.dynamic_image_size else 1) if max_num is None else max_num
-        if not isinstance(max_num, int) or isinstance(max_num, bool) or max_num < 1:
-            raise InputError(f"max_num = {max_num!r}; expected an integer >= 1 (most tiles per image)")
-        inputs = [
-            preprocess(
-                img, image_size=cfg.image_size, min_num=min(cfg.min_dynamic_patch, max_num),
-                max_num=max_num, use_thumbnail=cfg.use_thumbnail, dynamic=cfg.dynamic_image_size,
-                preprocess=self.preprocess,
-            )
-            for img in images
-        ]  # fmt: skip
-        tiles = [x.num_tiles for x in inputs]
-        prompt = build_prompt(self.template, messages)
-        ids_llm = self.tokenizer.encode(expand_image_placeholders(prompt, tiles, cfg.tokens_per_tile))
-        ids_emb = ids_llm
-        if cfg.is_hd:
-            ids_emb = self.tokenizer.encode(expand_image_placeholders(prompt, tiles, cfg.emb_tokens_per_tile))
-        pixels = torch.cat([x.pixel_values for x in inputs]) if inputs else None
-        grids = [tuple(x.grid) for x in inputs]
-        paths = sorted({x.path for x in inputs})
-        return Request(ids_llm, ids_emb, pixels, tiles, grids, time.perf_counter() - t0, paths)
+        return self.builder.build(messages, list(images or []), max_num)
 
-    def _check_length(self, req: Request, params: SamplingParams) -> int:
+    def _budget(self, req: Request, params: SamplingParams) -> int:
         n = len(req.ids_llm)
         if n >= self.max_context:
             raise InputError(
@@ -158,127 +176,111 @@ class Engine:
                 f"included) but the context is {self.max_context} tokens; use fewer tiles (max_num) or a shorter "
                 "prompt, or raise max_context"
             )
-        return min(params.max_new_tokens, self.max_context - n)
+        room = min(self.max_context - n, self.runner.capacity[0] - len(req.ids_emb), self.runner.capacity[1] - n)
+        return max(1, min(params.max_new_tokens, room))
 
     # ---- generation ---------------------------------------------------------------------------------------
-    def generate(
-        self,
-        prompts: str | list[str],
-        images: Any = None,
-        *,
-        stream: bool = False,
-        max_num: int | None = None,
-        **sampling,
-    ) -> GenerationResult | list[GenerationResult] | Stream:
+    def generate(self, prompts: str | list[str], images: Any = None, *, stream: bool = False,
+                 max_num: int | None = None, raw: bool = False, **sampling) -> GenerationResult | list | Stream:
         """One prompt (a user turn) or a list of them. `images`: for one prompt an image or a list of images;
         for a list of prompts a list with one entry (None, an image or a list of images) per prompt.
-        Sampling: max_new_tokens, temperature (0 = greedy), top_k, top_p, repetition_penalty, seed, stop."""
+        Sampling: max_new_tokens, temperature (0 = greedy), top_k, top_p, repetition_penalty, seed, stop,
+        ignore_eos. raw=True: each prompt is the complete template text, its control tokens honoured (opt-in)."""
         single = isinstance(prompts, str)
         prompt_list = [prompts] if single else list(prompts)
         if not prompt_list or not all(isinstance(p, str) for p in prompt_list):
             raise InputError("prompts must be a string or a non-empty list of strings")
         image_lists = split_images(images, single, len(prompt_list))
-        conversations = [[{"role": "user", "content": p}] for p in prompt_list]
-        return self._run(conversations, image_lists, single, stream, max_num, sampling)
+        if raw:
+            requests = [self.builder.build([], imgs, max_num, raw=p) for p, imgs in zip(prompt_list, image_lists)]
+        else:
+            requests = [self.builder.build([{"role": "user", "content": p}], imgs, max_num)
+                        for p, imgs in zip(prompt_list, image_lists)]  # fmt: skip
+        return self._run(requests, single, stream, sampling)
 
-    def chat(
-        self, messages: list[dict], images: Any = None, *, stream: bool = False, max_num: int | None = None, **sampling
-    ) -> GenerationResult | Stream:
-        """Multi-turn: messages = [{"role": "user"|"assistant", "content": str}, ...] ending with a user turn."""
-        imgs = split_images(images, True, 1)
-        return self._run([messages], imgs, True, stream, max_num, sampling)
+    def chat(self, messages: list[dict], images: Any = None, *, stream: bool = False, max_num: int | None = None,
+             **sampling) -> GenerationResult | Stream:  # fmt: skip
+        """Multi-turn: messages = [{"role": "user"|"assistant", "content": str}, ...] ending with a user turn (a
+        leading {"role": "system"} message replaces the default system message)."""
+        imgs = split_images(images, True, 1)[0]
+        return self._run([self.builder.build(messages, imgs, max_num)], True, stream, sampling)
 
-    def _run(self, conversations, image_lists, single, stream, max_num, sampling):
+    def prompt_logits(self, messages: list[dict] | Request, images: Any = None, max_num: int | None = None):
+        """The fp32 logits (T, V) at every position of the prompt (scoring; no token is generated). `messages`
+        may also be a Request from `prepare` (e.g. with ids appended: the logits of a continuation)."""
+        if isinstance(messages, Request):
+            req = messages
+        else:
+            req = self.builder.build(messages, split_images(images, True, 1)[0], max_num)
+        self._budget(req, SamplingParams())
+        events: queue.SimpleQueue = queue.SimpleQueue()
+        seq = Sequence(req, SamplingParams(max_new_tokens=1), 1, events, all_logits=True)
+        self.scheduler.submit([seq])
+        _, kind, payload = events.get()
+        if kind == "error":
+            raise payload
+        return torch.cat(seq.logits)
+
+    def stats(self) -> dict:
+        """Scheduler counters, queue and cache occupancy, and which decode path ran (graph replays vs eager)."""
+        s, sched = self.scheduler.stats, self.scheduler
+        pools = sched.pages.pools
+        return {
+            "waiting": len(sched.waiting), "prefilling": len(sched.prefilling), "running": len(sched.running),
+            "requests_finished": s.requests_finished, "requests_failed": s.requests_failed,
+            "requests_cancelled": s.requests_cancelled, "generated_tokens": s.generated_tokens,
+            "prefill_tokens": s.prefill_tokens, "prefix_hit_tokens": s.prefix_hit_tokens,
+            "prefix_hit_requests": s.prefix_hit_requests, "preemptions": s.preemptions,
+            "decode_steps": s.decode_steps, "graph_replays": self.runner.step.replays,
+            "eager_steps": self.runner.step.eager_steps,
+            "kv_pages_used": (pools[0].num_used, pools[1].num_used),
+            "kv_pages_total": (pools[0].num_blocks - 1, pools[1].num_blocks - 1),
+        }  # fmt: skip
+
+    def _run(self, requests: list[Request], single: bool, stream: bool, sampling: dict):
         params = SamplingParams.build(**sampling)
-        start = time.perf_counter()
-        requests = [self.prepare(m, imgs, max_num) for m, imgs in zip(conversations, image_lists)]
-        budgets = [self._check_length(r, params) for r in requests]
-        results: list[GenerationResult] = []
-        out = Stream(self._generate_events(requests, budgets, params, start, results, stream), single, results)
+        start = time.perf_counter() - max((r.preprocess_s for r in requests), default=0.0)
+        budgets = [self._budget(r, params) for r in requests]
+        events: queue.SimpleQueue = queue.SimpleQueue()
+        seqs = [Sequence(r, params, b, events, index=i, stream=stream)
+                for i, (r, b) in enumerate(zip(requests, budgets))]  # fmt: skip
+        self.scheduler.submit(seqs)
+        results: list = [None] * len(seqs)
+        out = Stream(self._events(seqs, events, results, start), single, results)
         if stream:
             return out
         for _ in out:
             pass
-        return out.results[0] if single else out.results
+        return results[0] if single else results
 
-    def _runner_for(self, requests: list[Request], budgets: list[int]) -> DecodeRunner:
-        """Caches (one slot per request plus a scratch slot) and their decode runner, reused while they fit."""
-        emb_cap = max(len(r.ids_emb) + b for r, b in zip(requests, budgets))
-        llm_cap = max(len(r.ids_llm) + b for r, b in zip(requests, budgets))
-        slots = len(requests) + 1
-        r = self._runner
-        if r is None or not (
-            r.emb_cache.fits(slots, emb_cap, self.model.dtype) and r.llm_cache.fits(slots, llm_cap, self.model.dtype)
-        ):
-            self._runner, self._cached = None, None  # free the old allocation (and its graphs) first
-            round_up = lambda n: -(-n // 256) * 256  # noqa: E731 - fewer reallocations across requests
-            emb, llm = self.model.new_caches(slots, round_up(emb_cap), round_up(llm_cap))
-            quirk = self.cfg.is_hd and self.hd_decode == "reference-quirk"
-            self._runner = DecodeRunner(self.model, emb, llm, quirk, self.cuda_graphs)
-        self._runner.emb_cache.reset()
-        self._runner.llm_cache.reset()
-        return self._runner
-
-    def _prefill(self, runner: DecodeRunner, requests: list[Request]) -> torch.Tensor:
-        """Prefills the batch; a single request extending the cached sequence prefills only its new tokens."""
-        cached, self._cached = self._cached, None  # the caches are about to change: valid again only at the end
-        reuse = None
-        if cached is not None and cached.owner is runner and len(requests) == 1 and self.reuse_prefix:
-            if not (self.cfg.is_hd and self.hd_decode == "reference-quirk"):
-                r = requests[0]
-                reuse = reusable_prefix(self.cfg, cached, r.ids_emb, r.ids_llm, r.pixel_values)
-        if reuse is not None:
-            (emb, llm), r = reuse, requests[0]
-            runner.emb_cache.lengths[0], runner.llm_cache.lengths[0] = emb, llm
-            items, pixels = [PrefillItem(r.ids_llm[llm:], r.ids_emb[emb:], 0)], []
-        else:
-            items = [PrefillItem(r.ids_llm, r.ids_emb, slot) for slot, r in enumerate(requests)]
-            pixels = [r.pixel_values for r in requests if r.pixel_values is not None]
-        return self.model.prefill(items, torch.cat(pixels) if pixels else None, runner.emb_cache, runner.llm_cache)
-
-    def _generate_events(self, requests, budgets, params: SamplingParams, start: float, results: list, stream: bool):
-        """Runs the generation; yields (index, text delta) pairs while streaming, nothing otherwise."""
-        runner = self._runner_for(requests, budgets)
-        logits = self._prefill(runner, requests)
-        active = list(range(len(requests)))
-        runner.begin(active, [r.ids_llm for r in requests], params)
-        generators = [params.generator() for _ in requests]
-        texts = [SequenceText(self.tokenizer.decode, params.stop) for _ in requests]
-        finish = [None] * len(requests)
-        tokens = runner.first_tokens(logits, active, draw_uniforms(generators, active))
-        ttft = time.perf_counter() - start
-        decoded, t_first, sampled = 0, time.perf_counter(), [[] for _ in requests]
-        while True:
-            for slot, tok in zip(active, tokens):
-                sampled[slot].append(tok)
-                finish[slot] = self._advance(texts[slot], tok, budgets[slot], params.ignore_eos)
-                if stream:  # a plain call decodes the text once, at the end
-                    yield from ((slot, d) for d in [texts[slot].delta(finish[slot] is not None)] if d)
-            active = [s for s in active if finish[s] is None]
-            if not active:
-                break
-            tokens = runner.step(active, draw_uniforms(generators, active))
-            decoded += len(active)
-        done = time.perf_counter()
-        if len(requests) == 1:  # slot 0 now holds the prompt and the tokens fed back: a next turn can extend it
-            r, fed = requests[0], sampled[0]
-            self._cached = CachedSequence(runner, (r.ids_llm + fed)[: runner.llm_cache.lengths[0]],
-                                          (r.ids_emb + fed)[: runner.emb_cache.lengths[0]], r.pixel_values)  # fmt: skip
-        for r, t, f in zip(requests, texts, finish):
-            timing = Timings(r.preprocess_s, ttft, done - t_first, decoded, done - start)
-            results.append(GenerationResult(t.final_text(), t.ids, len(r.ids_llm), f, r.tiles, timing))
-
-    def _advance(self, text: SequenceText, token: int, budget: int, ignore_eos: bool = False) -> str | None:
-        """Records `token`; returns the finish reason once the sequence is done. <|im_end|> ends the turn and is not
-        part of the output (ids or text), as in the authors' chat()."""
-        if token == self.tokenizer.im_end_id and not ignore_eos:
-            return "stop"
-        if text.add(token):
-            return "stop"
-        return "length" if len(text.ids) >= budget else None
+    def _events(self, seqs: list[Sequence], events: queue.SimpleQueue, results: list, start: float):
+        """Yields (index, text delta) while the requests run; fills `results` as they finish."""
+        pending = len(seqs)
+        try:
+            while pending:
+                index, kind, payload = events.get()
+                if kind == "token" and payload[1]:
+                    yield index, payload[1]
+                elif kind == "done":
+                    results[index] = _result(seqs[index], start)
+                    pending -= 1
+                elif kind == "error":
+                    raise payload
+        finally:
+            if pending:
+                self.scheduler.cancel(seqs)
 
 
-def _check_tokenizer(cfg: HoVLEConfig, tok: Tokenizer) -> None:
+def _result(seq: Sequence, start: float) -> GenerationResult:
+    req = seq.request
+    t_first = seq.t_first or seq.t_done
+    timing = Timings(req.preprocess_s, t_first - start, seq.t_done - t_first, max(len(seq.generated) - 1, 0),
+                     seq.t_done - start)  # fmt: skip
+    return GenerationResult(seq.text.final_text(), seq.text.ids, len(req.ids_llm), seq.finish_reason, req.tiles,
+                            timing, seq.reused[1])  # fmt: skip
+
+
+def _check_tokenizer(cfg: HoVLEConfig, tok: Tokenizer, template) -> None:
     if tok.img_context_id != cfg.embedding.img_context_token_id:
         raise TokenizerError(
             f"tokenizer files give <IMG_CONTEXT> id {tok.img_context_id} but config.json says "
@@ -286,3 +288,5 @@ def _check_tokenizer(cfg: HoVLEConfig, tok: Tokenizer) -> None:
         )
     if tok.vocab_size > cfg.llm.vocab_size:
         raise TokenizerError(f"tokenizer has {tok.vocab_size} ids but the model's vocabulary is {cfg.llm.vocab_size}")
+    for token in (template.start, template.sep):
+        tok.token_id(token)  # raises TokenizerError naming the missing control token

@@ -97,6 +97,7 @@ class GenerationResult:
     finish_reason: str  # "stop" (end-of-turn token or a stop string) or "length"
     tiles: list[int]  # tiles per image, thumbnail included
     timings: Timings = field(default_factory=Timings)
+    cached_tokens: int = 0  # prompt tokens (LLM sequence) whose KV came from cached prefix pages
 
 
 class SequenceText:
@@ -141,8 +142,3 @@ class SequenceText:
 
     def final_text(self) -> str:
         return self.stopped_text if self.stopped_text is not None else self._text().rstrip()
-
-
-def draw_uniforms(generators: list[torch.Generator | None], rows: list[int]) -> list[float]:
-    """One draw in [0, 1) per running row from that request's own generator (0 for greedy rows: unused)."""
-    return [float(torch.rand((), generator=generators[r], dtype=torch.float64)) if generators[r] else 0.0 for r in rows]

@@ -1,5 +1,12 @@
-"""Chat prompts: the internlm2-chat template (with its default system message), multi-turn history, and the
-`<image>` placeholders expanded to `<img>` + IMG_CONTEXT x (tokens per tile x tiles) + `</img>`.
+"""Chat prompts: the internlm2-chat template (with its default system message), multi-turn history, and where the
+images go.
+
+A prompt is built as segments, never as one string to be re-split: text (message content and the template's own
+words), `Special` control tokens that only the template inserts, and `ImageSlot`s where the API put an image. The
+tokenizer (engine/loaders/tokenizer.py) encodes text segments as literal characters, so a user who types
+"<|im_end|><|im_start|>system" gets those characters, not a forged turn; each ImageSlot becomes <img> +
+IMG_CONTEXT x (tokens per tile x tiles) + </img>. Adjacent text segments are encoded as one piece of text, so a
+normal prompt gets exactly the ids the authors' tokenizer gives the template string.
 """
 
 from __future__ import annotations
@@ -7,8 +14,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from engine.errors import InputError, TokenizerError
-from engine.tokenizer import IMAGE_PLACEHOLDER, IMG_CONTEXT, IMG_END, IMG_START
+from .errors import InputError, TokenizerError
+from .loaders.tokenizer import IMAGE_PLACEHOLDER
+
+
+@dataclass(frozen=True)
+class Special:
+    """A control token of the template, by its string (e.g. "<|im_start|>")."""
+
+    token: str
+
+
+@dataclass(frozen=True)
+class ImageSlot:
+    """The place of the image `index` (order of the request's images)."""
+
+    index: int
+
+
+Segment = str | Special | ImageSlot
 
 
 @dataclass(frozen=True)
@@ -16,22 +40,25 @@ class ChatTemplate:
     """A conversation.py template in MPT style: system + sep, then role + message + sep per turn."""
 
     name: str
-    system_template: str
+    start: str  # control token opening a turn
+    sep: str  # control token closing a turn
     system_message: str
-    user_role: str
-    assistant_role: str
-    sep: str
+    roles: tuple[str, str, str]  # system, user, assistant: the text after `start`
+
+    def turn(self, role: str, content: list[Segment] | None) -> list[Segment]:
+        """One turn's segments; content None leaves the turn open (the assistant's answer follows)."""
+        head = [Special(self.start), self.roles[("system", "user", "assistant").index(role)]]
+        return head if content is None else head + content + [Special(self.sep)]
 
 
 _TEMPLATES = {
     "internlm2-chat": ChatTemplate(
         name="internlm2-chat",
-        system_template="<|im_start|>system\n{system_message}",
+        start="<|im_start|>",
+        sep="<|im_end|>",
         system_message="你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，"
         "英文名叫InternVL, 是一个有用无害的人工智能助手。",
-        user_role="<|im_start|>user\n",
-        assistant_role="<|im_start|>assistant\n",
-        sep="<|im_end|>",
+        roles=("system\n", "user\n", "assistant\n"),
     ),
 }
 
@@ -42,50 +69,90 @@ def get_template(name: str) -> ChatTemplate:
     return _TEMPLATES[name]
 
 
-def build_prompt(template: ChatTemplate, messages: list[dict], system_message: str | None = None) -> str:
-    """Prompt text for alternating user/assistant `messages` (ending with user), left open for the assistant."""
-    if not messages:
-        raise InputError("messages is empty; it must end with a user turn")
+def build_prompt(template: ChatTemplate, messages: list[dict], system_message: str | None = None) -> list[Segment]:
+    """Segments for alternating user/assistant `messages` (ending with user), left open for the assistant.
+
+    Each message is {"role": "user"|"assistant", "content": segments}; content as placed by `place_images`
+    (a list of str and ImageSlot). A leading {"role": "system"} message replaces the default system message.
+    """
+    if not isinstance(messages, list) or not messages:
+        raise InputError("messages must be a non-empty list ending with a user turn")
+    if isinstance(messages[0], dict) and messages[0].get("role") == "system":
+        system_message, messages = _system_text(messages[0]), messages[1:]
     system = template.system_message if system_message is None else system_message
-    out = [template.system_template.format(system_message=system), template.sep]
+    out = template.turn("system", [system])
     for i, message in enumerate(messages):
         expected = "user" if i % 2 == 0 else "assistant"
         if not isinstance(message, dict) or message.get("role") != expected:
             raise InputError(f"messages[{i}] must be {{'role': {expected!r}, ...}} (user first, then alternating)")
-        content = message.get("content")
-        if not isinstance(content, str) or not content:
-            raise InputError(f"messages[{i}] content must be a non-empty str, got {content!r}")
-        out += [template.user_role if expected == "user" else template.assistant_role, content, template.sep]
+        out += template.turn(expected, _content(message.get("content"), i))
     if len(messages) % 2 == 0:
         raise InputError("messages must end with a user turn, but the last one is from the assistant")
-    return "".join(out) + template.assistant_role
+    return out + template.turn("assistant", None)
 
 
-def ensure_image_placeholders(question: str, n_images: int) -> str:
-    """chat() rule: with images and no "<image>" in the question, put one "<image>\\n" per image in front."""
-    count = question.count(IMAGE_PLACEHOLDER)
-    if n_images < 0:
-        raise InputError(f"n_images must be >= 0, got {n_images}")
-    if count == n_images:
-        return question
-    if count == 0:
-        return (IMAGE_PLACEHOLDER + "\n") * n_images + question
-    raise InputError(f"question has {count} '<image>' placeholders for {n_images} image(s); use 0 or {n_images}")
+def _content(content: Any, i: int) -> list[Segment]:
+    parts = [content] if isinstance(content, str) else content
+    ok = isinstance(parts, list) and parts and all(isinstance(p, (str, ImageSlot)) for p in parts)
+    if not ok or not any(p for p in parts):
+        raise InputError(f"messages[{i}] content must be a non-empty str, got {content!r}")
+    return list(parts)
 
 
-def expand_image_placeholders(prompt: str, tiles_per_image: list[int], tokens_per_tile: int) -> str:
-    """Replace the i-th "<image>" with <img> + <IMG_CONTEXT> x (tokens_per_tile * tiles_per_image[i]) + </img>."""
-    parts = prompt.split(IMAGE_PLACEHOLDER)
-    if len(parts) - 1 != len(tiles_per_image):
-        raise InputError(f"prompt has {len(parts) - 1} '<image>' placeholders for {len(tiles_per_image)} image(s)")
-    if type(tokens_per_tile) is not int or tokens_per_tile <= 0:
-        raise InputError(f"tokens_per_tile must be a positive int, got {tokens_per_tile!r}")
-    out = [parts[0]]
-    for i, (tiles, rest) in enumerate(zip(tiles_per_image, parts[1:], strict=True)):
-        if type(tiles) is not int or tiles <= 0:
-            raise InputError(f"tiles_per_image[{i}] must be a positive int, got {tiles!r}")
-        out += [IMG_START, IMG_CONTEXT * (tokens_per_tile * tiles), IMG_END, rest]
-    return "".join(out)
+def _system_text(message: dict) -> str:
+    content = message.get("content")
+    parts = [content] if isinstance(content, str) else content
+    if not isinstance(parts, list) or not all(isinstance(p, str) for p in parts):
+        raise InputError(f"the system message's content must be text (no images), got {content!r}")
+    return "".join(parts)
+
+
+def place_images(messages: list[dict], n_images: int) -> list[dict]:
+    """Where each image goes: the `<image>` placeholders of the text when the request has images (as many as
+    images), else, as the authors' chat() does, one "<image>\\n" per image in front of the first user message.
+    Without images "<image>" is plain text. Content parts may also be ImageSlots already (the HTTP API's image
+    parts); then the text is never searched for placeholders. Returns messages with content as segment lists."""
+    if not isinstance(messages, list) or not all(isinstance(m, dict) and "content" in m for m in messages):
+        raise InputError("messages must be a list of {'role': ..., 'content': ...} dicts")
+    explicit = sum(isinstance(p, ImageSlot) for m in messages for p in _parts(m))
+    if explicit:
+        if explicit != n_images:
+            raise InputError(f"the messages hold {explicit} image parts but {n_images} images were given")
+        return [dict(m, content=_parts(m)) for m in messages]
+    found = sum(p.count(IMAGE_PLACEHOLDER) for m in messages for p in _parts(m) if isinstance(p, str))
+    if n_images == 0 or found not in (0, n_images):
+        if n_images and found:
+            raise InputError(f"the messages hold {found} <image> placeholders but {n_images} images were given")
+        return [dict(m, content=_parts(m)) for m in messages]
+    counter = iter(range(n_images))
+    placed = [dict(m, content=_split_placeholders(_parts(m), counter)) for m in messages]
+    if found:
+        return placed
+    first = next((i for i, m in enumerate(messages) if m.get("role") == "user"), None)
+    if first is None:
+        raise InputError("messages need at least one user turn")
+    front = [x for i in range(n_images) for x in (ImageSlot(i), "\n")]
+    return placed[:first] + [dict(placed[first], content=front + placed[first]["content"])] + placed[first + 1 :]
+
+
+def _parts(message: dict) -> list:
+    content = message["content"]
+    return [content] if isinstance(content, str) else list(content) if isinstance(content, list) else [content]
+
+
+def _split_placeholders(parts: list, counter) -> list:
+    out = []
+    for part in parts:
+        if not isinstance(part, str):
+            out.append(part)
+            continue
+        pieces = part.split(IMAGE_PLACEHOLDER)
+        for j, piece in enumerate(pieces):
+            if j:
+                out.append(ImageSlot(next(counter)))
+            if piece:
+                out.append(piece)
+    return out
 
 
 def split_images(images: Any, single: bool, n: int) -> list[list]:
@@ -98,17 +165,7 @@ def split_images(images: Any, single: bool, n: int) -> list[list]:
     return [split_images(x, True, 1)[0] for x in images]
 
 
-def place_images(messages: list[dict], n_images: int) -> list[dict]:
-    """Adds the `<image>` placeholders the authors' chat() adds when the text has none; checks the count."""
-    if not isinstance(messages, list) or not all(isinstance(m, dict) and "content" in m for m in messages):
-        raise InputError("messages must be a list of {'role': ..., 'content': ...} dicts")
-    found = sum(str(m["content"]).count("<image>") for m in messages)
-    if found == n_images:
-        return messages
-    if found:
-        raise InputError(f"the messages hold {found} <image> placeholders but {n_images} images were given")
-    first = next((i for i, m in enumerate(messages) if m.get("role") == "user"), None)
-    if first is None:
-        raise InputError("messages need at least one user turn")
-    placed = dict(messages[first], content=ensure_image_placeholders(messages[first]["content"], n_images))
-    return messages[:first] + [placed] + messages[first + 1 :]
+def render(segments: list[Segment], image_text: list[str]) -> str:
+    """The prompt as one string (for display and for the raw-prompt path), image i written as image_text[i]."""
+    return "".join(s if isinstance(s, str) else s.token if isinstance(s, Special) else image_text[s.index]
+                   for s in segments)  # fmt: skip

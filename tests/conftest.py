@@ -11,6 +11,10 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# Every engine allocation that may be read before it is written (KV pages, decode-row state) starts as NaN /
+# out-of-range integers in the tests (engine/runtime/memory.py), so such a read fails a test instead of passing by
+# luck of the allocator.
+os.environ["HOVLE_POISON"] = "1"
 
 
 def kernel_device() -> str:

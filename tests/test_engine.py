@@ -1,5 +1,10 @@
-"""Engine behaviour on the CPU: KV-cache decode vs recomputation, batching, streaming, sampling, chat, bad input."""
+"""Engine behaviour on the CPU: KV-cache decode vs recomputation, batching, streaming, sampling, chat, bad input.
 
+Every KV page and decode-row allocation starts as NaN (HOVLE_POISON, tests/conftest.py), so a read past a
+sequence's keys shows up as a wrong token.
+"""
+
+import dataclasses
 import subprocess
 import sys
 
@@ -7,7 +12,8 @@ import pytest
 import torch
 
 from engine import Engine, InputError
-from engine.model import PrefillItem
+from engine.runtime.decode import DecodeStep
+from engine.runtime.runner import ModelRunner
 from tests.ckpt import make_checkpoint, noise_image
 
 
@@ -26,26 +32,30 @@ def hd_engine(root):
     return Engine.from_pretrained(make_checkpoint(root, "post", "hovle-hd"), device="cpu", dtype=torch.float32)
 
 
-def _full_logits(eng, ids_llm, ids_emb, pixels):
-    emb, llm = eng.model.new_caches(1, len(ids_emb), len(ids_llm))
-    return eng.model.prefill([PrefillItem(ids_llm, ids_emb, 0)], pixels, emb, llm)[0]
+@pytest.fixture
+def selected_logits(monkeypatch):
+    """Records the logits every token is selected from (prefill's first token, then each decode step)."""
+    seen, real = [], ModelRunner.select
+
+    def spy(self, logits, rows, *args):
+        seen.append(logits.clone())
+        return real(self, logits, rows, *args)
+
+    monkeypatch.setattr(ModelRunner, "select", spy)
+    return seen
 
 
 @pytest.mark.parametrize("which", ["engine", "hd_engine"])
-def test_cached_decode_equals_full_recomputation_every_step(which, request):
+def test_cached_decode_equals_full_recomputation_every_step(which, request, selected_logits):
     eng = request.getfixturevalue(which)
     req = eng.prepare([{"role": "user", "content": "Describe."}], [noise_image(120, 60, 1)], 3)
-    steps = 12
-    emb, llm = eng.model.new_caches(1, len(req.ids_emb) + steps, len(req.ids_llm) + steps)
-    logits = eng.model.prefill([PrefillItem(req.ids_llm, req.ids_emb, 0)], req.pixel_values, emb, llm)[0]
-    ids_llm, ids_emb = list(req.ids_llm), list(req.ids_emb)
-    for _ in range(steps):
-        tok = int(logits.argmax())
-        ids_llm.append(tok)
-        ids_emb.append(tok)
-        logits = eng.model.decode(torch.tensor([tok]), [0], emb, llm)[0]
-        full = _full_logits(eng, ids_llm, ids_emb, req.pixel_values)
-        assert float((logits - full).abs().max() / full.abs().max()) < 1e-5
+    result = eng.generate("Describe.", noise_image(120, 60, 1), max_num=3, max_new_tokens=12, ignore_eos=True)
+    assert len(selected_logits) == 12
+    for step, logits in enumerate(selected_logits):
+        fed = result.token_ids[:step]
+        grown = dataclasses.replace(req, ids_llm=req.ids_llm + fed, ids_emb=req.ids_emb + fed)
+        full = eng.prompt_logits(grown)[-1]
+        assert float((logits[0] - full).abs().max() / full.abs().max()) < 1e-5, f"step {step}"
 
 
 def test_batch_equals_each_prompt_alone(engine):
@@ -127,10 +137,9 @@ def test_chat_multi_turn_builds_the_template_prompt(engine):
 
 
 def test_end_of_turn_as_the_first_token_gives_an_empty_answer(engine, monkeypatch):
-    from engine.decode import DecodeRunner
-
     im_end = engine.tokenizer.im_end_id
-    monkeypatch.setattr(DecodeRunner, "first_tokens", lambda self, logits, slots, u: [im_end] * len(slots))
+    monkeypatch.setattr(ModelRunner, "first_tokens", lambda self, logits, rows, *a: ([im_end] * len(rows),
+                                                                                    [False] * len(rows)))
     r = engine.generate("Hi.", max_new_tokens=5)
     assert (r.text, r.token_ids, r.finish_reason, r.timings.decode_tokens) == ("", [], "stop", 0)
 
@@ -224,17 +233,15 @@ def test_finished_sequences_stop_costing_work(root, monkeypatch):
     eng = Engine.from_pretrained(make_checkpoint(root, "pre"), device="cpu", dtype=torch.float32, max_context=200)
     short, long = "Hi.", "Describe everything about this long prompt " * 2
     steps = []
-    from engine.decode import DecodeRunner
-
-    real_step = DecodeRunner.step
-    monkeypatch.setattr(
-        DecodeRunner, "step", lambda self, slots, u: steps.append(list(slots)) or real_step(self, slots, u)
-    )
-    results = eng.generate([long, short], max_new_tokens=40)
+    real_step = DecodeStep.__call__
+    monkeypatch.setattr(DecodeStep, "__call__", lambda self, rows, *a: steps.append(list(rows)) or
+                        real_step(self, rows, *a))  # fmt: skip
+    results = eng.generate([long, short], max_new_tokens=40, ignore_eos=True)
     budget_long = 200 - results[0].prompt_tokens
     assert results[0].finish_reason == "length" and len(results[0].token_ids) == budget_long < 40
     assert len(results[1].token_ids) == 40
-    assert all(s == [0, 1] for s in steps[: budget_long - 1]) and all(s == [1] for s in steps[budget_long - 1 :])
+    both, alone = steps[: budget_long - 1], steps[budget_long - 1 :]
+    assert all(len(s) == 2 for s in both) and all(s == [both[0][1]] for s in alone)
     assert sum(len(s) for s in steps) == (budget_long - 1) + 39
 
 
@@ -247,5 +254,11 @@ def test_cuda_graph_decode_equals_eager(root, variant):
     outs = []
     for graphs in (True, False):
         eng = Engine.from_pretrained(path, device="cuda", dtype=torch.float32, cuda_graphs=graphs)
-        outs.append([r.token_ids for r in eng.generate(prompts, images, max_num=2, max_new_tokens=24)])
+        outs.append([r.token_ids for r in eng.generate(prompts, images, max_num=2, max_new_tokens=24,
+                                                        ignore_eos=True)])  # fmt: skip
+        stats = eng.stats()
+        if graphs:  # the graph path really ran: every decode step was a replay
+            assert stats["graph_replays"] == stats["decode_steps"] > 0 and stats["eager_steps"] == 0
+        else:
+            assert stats["eager_steps"] == stats["decode_steps"] > 0 and stats["graph_replays"] == 0
     assert outs[0] == outs[1]

@@ -2,14 +2,14 @@
 
 fp32 on the CPU: prefill logits at every position within 1e-4 relative, and 32 greedy tokens identical, for
 text-only prompts, one tile, several tiles with a thumbnail, two images, HoVLE-HD (both decode modes),
-normalize_encoder_output, active dynamic NTK, linear scaling, GQA ratios 1 and 3 and head_dim 64.
+normalize_encoder_output, active dynamic NTK, linear scaling, GQA ratios 1 and 3 and head_dim 64. The prompt is
+also prefilled in chunks of a few positions (HoVLE-HD: LLM tokens wait for their tiles) with the same logits.
 """
 
 import pytest
 import torch
 
 from engine import Engine
-from engine.model import PrefillItem
 from tests.ckpt import make_checkpoint, noise_image
 from tests.reference import ReferenceHoVLE
 
@@ -40,10 +40,10 @@ def ckpt_root(tmp_path_factory):
     return tmp_path_factory.mktemp("ckpts")
 
 
-def _setup(root, name):
+def _setup(root, name, **options):
     variant, overrides, images, max_num, question = CASES[name]
     path = make_checkpoint(root, name, variant, **overrides)
-    engine = Engine.from_pretrained(path, device="cpu", dtype=torch.float32, max_context=4096)
+    engine = Engine.from_pretrained(path, device="cpu", dtype=torch.float32, max_context=4096, **options)
     pics = [noise_image(w, h, s) for w, h, s in images]
     return path, engine, pics, max_num, question
 
@@ -56,8 +56,7 @@ def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_prefill_logits_and_greedy_tokens_match_reference(ckpt_root, name):
     path, engine, pics, max_num, question = _setup(ckpt_root, name)
     req = engine.prepare([{"role": "user", "content": question}], pics, max_num)
-    emb, llm = engine.model.new_caches(1, len(req.ids_emb) + 40, len(req.ids_llm) + 40)
-    ours = engine.model.prefill([PrefillItem(req.ids_llm, req.ids_emb, 0)], req.pixel_values, emb, llm, True)
+    ours = engine.prompt_logits(req)
     ref = ReferenceHoVLE.from_dir(str(path))
     theirs = ref.prefill(req.ids_emb, req.ids_llm, req.pixel_values)
     assert ours.shape == theirs.shape
@@ -94,7 +93,17 @@ def test_real_tile_geometry_hd_one_tile(ckpt_root):
     req = engine.prepare([{"role": "user", "content": "Describe."}], [noise_image(300, 280, 14)], 1)
     ctx = engine.tokenizer.img_context_id
     assert req.ids_emb.count(ctx) == 1024 and req.ids_llm.count(ctx) == 256
-    emb, llm = engine.model.new_caches(1, len(req.ids_emb) + 4, len(req.ids_llm) + 4)
-    ours = engine.model.prefill([PrefillItem(req.ids_llm, req.ids_emb, 0)], req.pixel_values, emb, llm, True)
+    ours = engine.prompt_logits(req)
     theirs = ReferenceHoVLE.from_dir(str(path)).prefill(req.ids_emb, req.ids_llm, req.pixel_values)
     assert _rel_err(ours, theirs) < 1e-4
+
+
+@pytest.mark.parametrize("name, chunk", [("tiles_thumbnail", 7), ("hd", 5), ("hd_two_images", 37), ("dynamic_ntk", 9)])
+def test_chunked_prefill_matches_reference(ckpt_root, name, chunk):
+    """Prefill in chunks of a few embedding positions: HoVLE-HD LLM tokens wait for their tile; dynamic-NTK RoPE
+    still rotates every chunk for the whole prompt's length."""
+    path, engine, pics, max_num, question = _setup(ckpt_root, name, prefill_chunk=chunk)
+    req = engine.prepare([{"role": "user", "content": question}], pics, max_num)
+    assert len(req.ids_emb) > 4 * chunk
+    theirs = ReferenceHoVLE.from_dir(str(path)).prefill(req.ids_emb, req.ids_llm, req.pixel_values)
+    assert _rel_err(engine.prompt_logits(req), theirs) < 1e-4

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from engine import Engine
-from engine.model import PrefillItem
 from kernels._triton import HAS_TRITON, triton_usable
 from tests.ckpt import make_checkpoint, noise_image
 from tests.reference import ReferenceHoVLE
@@ -32,9 +31,7 @@ def test_triton_backend_matches_reference(root, name):
     assert eng.model.ops.name == "triton"
     pics = [noise_image(w, h, s) for w, h, s in images]
     req = eng.prepare([{"role": "user", "content": question}], pics, max_num)
-    pixels = None if req.pixel_values is None else req.pixel_values.to(DEVICE)
-    emb, llm = eng.model.new_caches(1, len(req.ids_emb), len(req.ids_llm))
-    ours = eng.model.prefill([PrefillItem(req.ids_llm, req.ids_emb, 0)], pixels, emb, llm, True).cpu()
+    ours = eng.prompt_logits(req).cpu()
     ref = ReferenceHoVLE.from_dir(str(path))
     theirs = ref.prefill(req.ids_emb, req.ids_llm, req.pixel_values)
     assert float((ours - theirs).abs().max() / theirs.abs().max()) < 1e-4

@@ -11,7 +11,7 @@ import torch
 from PIL import Image, ImageFile
 
 from engine.errors import ImageError
-from engine.image import choose_grid, load_image, preprocess, preprocess_many, tile_image, to_pixel_values
+from engine.loaders.image import choose_grid, load_image, preprocess, preprocess_many, tile_image, to_pixel_values
 
 S = 448
 MEAN = (0.485, 0.456, 0.406)

@@ -1,5 +1,5 @@
 """Tests for kernels/preprocess.py (csrc/preprocess.cpp, csrc/preprocess_cuda.cu) against the PIL + torch reference,
-and for engine.image.preprocess(..., preprocess=...). CPU tests skip if kernels._native is not built, kernel
+and for engine.loaders.image.preprocess(..., preprocess=...). CPU tests skip if kernels._native is not built, kernel
 emulation tests if kernels/_preprocess_cuda.so is not, and CUDA tests without a GPU."""
 
 import io
@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from engine.errors import ImageError
-from engine.image import choose_grid, preprocess
+from engine.loaders.image import choose_grid, preprocess
 from kernels import preprocess as kp
 
 S = 448
@@ -266,9 +266,9 @@ def test_engine_native_errors_match_python():
 def test_engine_mode_selection(monkeypatch):
     with pytest.raises(ImageError, match="preprocess must be one of"):
         preprocess(photo(8, 8), preprocess="fast")
-    import engine.image
+    import engine.loaders.image
 
-    monkeypatch.setattr(engine.image, "native_problem", lambda: "kernels._native is not built (test)")
+    monkeypatch.setattr(engine.loaders.image, "native_problem", lambda: "kernels._native is not built (test)")
     with pytest.raises(ImageError, match=r"preprocess='native' is unavailable: kernels._native is not built"):
         preprocess(photo(8, 8), preprocess="native")
     assert preprocess(photo(8, 8), preprocess="auto").path == "python"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import io
 import os
 import threading
@@ -31,7 +32,7 @@ import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from engine.errors import ImageError
-from engine.image_input import check_max_pixels, check_size, from_array, from_tensor, rgb_array
+from engine.loaders.image_input import check_max_pixels, check_size, from_array, from_tensor, rgb_array
 from kernels.preprocess import native_problem, preprocess_tiles
 
 # Pillow's default warning threshold (Image.MAX_IMAGE_PIXELS): larger images are almost always decompression
@@ -50,14 +51,23 @@ _TRUNCATION_LOCK = threading.Lock()
 
 @dataclass
 class ImageInput:
-    """One preprocessed image: pixel_values (num_tiles, 3, S, S) float32, grid (cols, rows), size (W, H), and the
-    path that produced the pixels: "python" (PIL + torch) or "native-cpu" (kernels._native)."""
+    """One preprocessed image: pixel_values (num_tiles, 3, S, S) float32, grid (cols, rows), size (W, H), the
+    path that produced the pixels: "python" (PIL + torch) or "native-cpu" (kernels._native), and `key`, a hash of
+    the decoded pixels and the tiling that identifies the tiles' content (what prefix caching keys images by)."""
 
     pixel_values: torch.Tensor
     grid: tuple[int, int]
     num_tiles: int
     size: tuple[int, int]
     path: str = "python"
+    key: bytes = b""
+
+
+def content_key(rgb: np.ndarray, grid: tuple[int, int], image_size: int, use_thumbnail: bool) -> bytes:
+    """sha256 of the RGB pixels (H, W, 3) uint8 and everything the tiles are computed from."""
+    digest = hashlib.sha256(repr((rgb.shape, grid, image_size, use_thumbnail)).encode())
+    digest.update(memoryview(np.ascontiguousarray(rgb)).cast("B"))
+    return digest.digest()
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -160,15 +170,15 @@ def _check_tiling_args(min_num: int, max_num: int, image_size: int) -> None:
 
 @functools.lru_cache(maxsize=64)
 def _candidate_grids(min_num: int, max_num: int) -> tuple[tuple[int, int], ...]:
-    # The reference's expression (as a set comprehension, which inserts in the same order), set and all: among
-    # equal products the scan order is CPython's set iteration order, which only the same insertions reproduce.
-    target_ratios = {
-        (i, j)
-        for n in range(min_num, max_num + 1)
-        for i in range(1, n + 1)
-        for j in range(1, n + 1)
-        if i * j <= max_num and i * j >= min_num
-    }
+    # The reference builds a set with a triple loop over n, i, j <= n (cubic in max_num) and scans it sorted by
+    # i*j; among equal products the order is CPython's set iteration order, which only the same insertions
+    # reproduce. Re-adding an element changes nothing, so what matters is the order of first insertion: (i, j)
+    # first appears at n = max(min_num, i, j), then in (i, j) order. The same set is built here from the
+    # O(max_num log max_num) pairs with i*j <= max_num, inserted in exactly that order.
+    pairs = [(i, j) for i in range(1, max_num + 1) for j in range(1, max_num // i + 1) if i * j >= min_num]
+    target_ratios = set()
+    for pair in sorted(pairs, key=lambda ij: (max(min_num, *ij), ij)):
+        target_ratios.add(pair)
     return tuple(sorted(target_ratios, key=lambda x: x[0] * x[1]))
 
 
@@ -264,11 +274,13 @@ def preprocess(
         size = (rgb.shape[1], rgb.shape[0])
         grid = _grid(size, dynamic, min_num, max_num, image_size)
         pixel_values = preprocess_tiles(rgb, grid, image_size, use_thumbnail)
-        return ImageInput(pixel_values, grid, pixel_values.shape[0], size, path="native-cpu")
+        key = content_key(rgb, grid, image_size, use_thumbnail)
+        return ImageInput(pixel_values, grid, pixel_values.shape[0], size, "native-cpu", key)
     img = load_image(src, max_pixels=max_pixels)
     grid = _grid(img.size, dynamic, min_num, max_num, image_size)
     pixel_values = to_pixel_values(_cut_tiles(img, grid, image_size, use_thumbnail))
-    return ImageInput(pixel_values=pixel_values, grid=grid, num_tiles=pixel_values.shape[0], size=img.size)
+    key = content_key(np.asarray(img), grid, image_size, use_thumbnail)
+    return ImageInput(pixel_values, grid, pixel_values.shape[0], img.size, "python", key)
 
 
 def _grid(size: tuple[int, int], dynamic: bool, min_num: int, max_num: int, image_size: int) -> tuple[int, int]:

@@ -158,11 +158,62 @@ class Tokenizer:
             ids.append(self.eos_id)
         return ids
 
-    def decode(self, ids, skip_special_tokens: bool = True) -> str:
-        """Text of `ids`; kept special and added tokens are written out as their token strings."""
+    def encode_text(self, text: str) -> list[int]:
+        """`text` as literal characters: no special token is recognised, not even one SentencePiece itself would
+        match (the chat specials are user-defined pieces of its vocabulary); those spell out char by char."""
+        ids = []
+        for idx in self._sp.encode(text):
+            ids.extend(self._literal(idx) if idx in self.special_ids else (idx,))
+        return ids
+
+    def _literal(self, idx: int) -> list[int]:
+        """A special token's string as ordinary pieces: one per character, or its UTF-8 byte pieces."""
+        out = []
+        for ch in self.id_to_token(idx):
+            piece = self._sp.piece_to_id(ch)
+            if self._sp.id_to_piece(piece) == ch and piece not in self.special_ids and not self._sp.is_control(piece):
+                out.append(piece)
+            else:
+                out += [self._byte_piece(b) for b in ch.encode("utf-8")]
+        return out
+
+    def _byte_piece(self, byte: int) -> int:
+        piece = self._sp.piece_to_id(f"<0x{byte:02X}>")
+        if not self._sp.is_byte(piece):
+            raise TokenizerError(f"{self._root}: no byte-fallback piece for 0x{byte:02X}; cannot spell text literally")
+        return piece
+
+    def encode_prompt(self, segments, image_tokens: list[int], add_bos: bool | None = None) -> list[int]:
+        """Ids of a prompt built as segments (engine/prompt.py): runs of text encoded literally as one piece of
+        text, Special segments as their ids, ImageSlot i as <img> + IMG_CONTEXT x image_tokens[i] + </img>."""
+        ids = [self.bos_id] if (self.add_bos_token if add_bos is None else add_bos) else []
+        text: list[str] = []
+        for seg in [*segments, None]:
+            if isinstance(seg, str):
+                text.append(seg)
+                continue
+            if text:
+                ids += self.encode_text("".join(text))
+                text = []
+            if seg is None:
+                break
+            if hasattr(seg, "token"):
+                ids.append(self._special_to_id[seg.token])
+            else:
+                ids += [self.img_start_id] + [self.img_context_id] * image_tokens[seg.index] + [self.img_end_id]
+        if self.add_eos_token:
+            ids.append(self.eos_id)
+        return ids
+
+    def decode(self, ids, skip_special_tokens: bool = True, unknown: str = "raise") -> str:
+        """Text of `ids`; kept special and added tokens are written out as their token strings. An id outside the
+        vocabulary raises InputError, or with unknown="skip" contributes no text (what a generation does: the
+        engine never selects such ids, and a model id the tokenizer lacks must not end a generation)."""
         parts, run = [], []
         for idx in map(int, ids):
             if not 0 <= idx < self.vocab_size:
+                if unknown == "skip":
+                    continue
                 raise InputError(f"token id {idx} is outside the vocabulary [0, {self.vocab_size})")
             if idx in self.special_ids and skip_special_tokens:
                 continue

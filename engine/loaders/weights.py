@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from ..errors import WeightsError
+from ..progress import ProgressBar
 from .config import HoVLEConfig, StackConfig
-from .errors import WeightsError
-from .progress import ProgressBar
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"

@@ -1,8 +1,9 @@
-"""A stack of InternLM2 decoder layers over a packed batch, with its KV cache.
+"""A stack of InternLM2 decoder layers over a packed batch, with its paged KV cache.
 
 The same code runs the 8 holistic-embedding layers and the 24 LLM layers. Tokens of all sequences are packed
 into one (T, C) matrix, so the projections are single GEMMs; attention separates the sequences again through
-`cu_seqlens` (prefill) or per-sequence lengths (decode). Every non-GEMM op goes through the `kernels` op table.
+`cu_seqlens` (prefill) or per-sequence lengths (decode), and finds each sequence's keys through its page table.
+Every non-GEMM op goes through the `kernels` op table.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ import torch.nn.functional as F
 
 from kernels import Ops
 
-from .config import StackConfig
-from .kv_cache import KVCache
+from ..loaders.config import StackConfig
 from .rope import Rope
 
 
@@ -56,79 +56,55 @@ def take_layer(raw: dict[str, torch.Tensor], prefix: str, cfg: StackConfig) -> L
 
 @dataclass
 class StackBatch:
-    """Where each token of one forward sits: rotary positions, cache targets, and attention extents."""
+    """Where each token of one forward sits: rotary tables, the page slot its keys go to, attention extents."""
 
     cos: torch.Tensor  # (T, D)
     sin: torch.Tensor  # (T, D)
-    token_slots: torch.Tensor  # (T,) cache slot of each token
-    token_pos: torch.Tensor  # (T,) cache position each token is stored at
-    cu_seqlens: torch.Tensor  # (B+1,) int32 boundaries of the packed sequences
-    prefix_lens: torch.Tensor  # (B,) tokens already cached before this forward
-    slots: torch.Tensor  # (B,)
-    kv_lens: torch.Tensor  # (B,) keys each sequence attends to once this forward is stored
+    token_blocks: torch.Tensor  # (T,) page each token's key and value are stored in
+    token_offsets: torch.Tensor  # (T,) position inside that page
+    block_tables: torch.Tensor  # (B, max_pages) int32: each sequence's pages
+    cu_seqlens: torch.Tensor | None  # (B+1,) int32 boundaries of the packed sequences (prefill)
+    prefix_lens: torch.Tensor | None  # (B,) keys already cached before this forward (prefill)
+    kv_lens: torch.Tensor | None  # (B,) keys each sequence attends to (decode)
     decode: bool  # one token per sequence: use the decode-attention op
     max_new: int  # longest sequence of this forward (launch-size hint, known on the host)
-    max_kv: int  # most keys any sequence attends to (launch-size hint)
+    max_kv: int  # most keys any sequence attends to (launch-size hint; a true bound)
     store: bool = True  # False: attend to the cache without writing this forward's keys (HD reference quirk)
 
 
-def make_batch(
-    rope: Rope,
-    slots: list[int],
-    prefix_lens: list[int],
-    new_lens: list[int],
-    dtype: torch.dtype,
-    device: torch.device,
-    positions: list[int] | None = None,
-    store: bool = True,
-) -> StackBatch:
-    """Batch metadata for sequences that add `new_lens` tokens after `prefix_lens` cached ones.
-
-    `positions` overrides the rotary position of single-token sequences (the HD reference quirk); with
-    store=False the sequences attend to exactly their `prefix_lens` cached keys.
-    """
-    lens = torch.tensor(new_lens, dtype=torch.int64)
-    prefix = torch.tensor(prefix_lens, dtype=torch.int64)
-    token_pos = torch.cat([torch.arange(p, p + n) for p, n in zip(prefix_lens, new_lens)])
-    kv_lens = prefix + lens if store else prefix
-    rope_pos = token_pos if positions is None else torch.tensor(positions, dtype=torch.int64)
-    cos, sin = rope.cos_sin(rope_pos, torch.repeat_interleave(kv_lens, lens), dtype)
-    cu = torch.zeros(len(new_lens) + 1, dtype=torch.int32)
-    cu[1:] = torch.cumsum(lens, 0)
+def prefill_batch(rope: Rope, pages: list[list[int]], starts: list[int], lens: list[int], rope_lens: list[int],
+                  page: int, dtype: torch.dtype, device: torch.device) -> StackBatch:  # fmt: skip
+    """Sequences adding tokens [starts[b], starts[b] + lens[b]) on top of their cached prefix; `pages[b]` lists
+    sequence b's pages (covering at least starts[b] + lens[b] positions). rope_lens[b]: the kv length the
+    sequence's rotary tables are computed for (its whole prompt, so that chunked prefill rotates as one forward)."""
+    positions = torch.cat([torch.arange(s, s + n) for s, n in zip(starts, lens)])
+    width = max(len(p) for p in pages)
+    table = torch.tensor([p + [0] * (width - len(p)) for p in pages], dtype=torch.int32)  # (B, max_pages)
+    seq_of_token = torch.repeat_interleave(torch.arange(len(lens)), torch.tensor(lens))
+    cos, sin = rope.cos_sin(positions, torch.repeat_interleave(torch.tensor(rope_lens), torch.tensor(lens)), dtype)
+    cu = torch.zeros(len(lens) + 1, dtype=torch.int32)
+    cu[1:] = torch.cumsum(torch.tensor(lens), 0)
+    to = lambda t: t.to(device, non_blocking=True)  # noqa: E731
     return StackBatch(
-        cos=cos.to(device),
-        sin=sin.to(device),
-        token_slots=torch.repeat_interleave(torch.tensor(slots, dtype=torch.int64), lens).to(device),
-        token_pos=token_pos.to(device),
-        cu_seqlens=cu.to(device),
-        prefix_lens=prefix.to(device),
-        slots=torch.tensor(slots, dtype=torch.int64, device=device),
-        kv_lens=kv_lens.to(device),
-        decode=all(n == 1 for n in new_lens),
-        max_new=max(new_lens),
-        max_kv=int(kv_lens.max()),
-        store=store,
-    )
+        cos=cos, sin=sin, token_blocks=to(table[seq_of_token, positions // page].long()),
+        token_offsets=to(positions % page), block_tables=to(table), cu_seqlens=to(cu),
+        prefix_lens=to(torch.tensor(starts)), kv_lens=None, decode=False, max_new=max(lens),
+        max_kv=max(s + n for s, n in zip(starts, lens)),
+    )  # fmt: skip
 
 
-def decode_batch(
-    rope: Rope,
-    slots: torch.Tensor,
-    positions: torch.Tensor,
-    kv_lens: torch.Tensor,
-    dtype: torch.dtype,
-    max_kv: int,
-    store: bool = True,
-) -> StackBatch:
+def decode_batch(rope: Rope, tables: torch.Tensor, positions: torch.Tensor, kv_lens: torch.Tensor, page: int,
+                 dtype: torch.dtype, max_kv: int, store: bool = True) -> StackBatch:  # fmt: skip
     """Metadata of one decode step from device tensors only (no host reads: CUDA-graph capturable).
 
-    slots, positions, kv_lens: (B,) int64 on the device. Each sequence stores its token at `positions` (when
-    `store`) and attends to `kv_lens` keys; `max_kv` is a host-side bound on kv_lens for launch sizing.
+    tables: (B, max_pages) int32; positions, kv_lens: (B,) int64. Each sequence stores its token at `positions`
+    (when `store`) and attends to `kv_lens` keys; `max_kv` is a host-side bound on kv_lens.
     """
     cos, sin = rope.cos_sin(positions, kv_lens, dtype)
+    blocks = tables.gather(1, (positions // page)[:, None])[:, 0].long()  # (B,) the page holding each position
     return StackBatch(
-        cos=cos, sin=sin, token_slots=slots, token_pos=positions, cu_seqlens=None, prefix_lens=None, slots=slots,
-        kv_lens=kv_lens, decode=True, max_new=1, max_kv=max_kv, store=store,
+        cos=cos, sin=sin, token_blocks=blocks, token_offsets=positions % page, block_tables=tables,
+        cu_seqlens=None, prefix_lens=None, kv_lens=kv_lens, decode=True, max_new=1, max_kv=max_kv, store=store,
     )  # fmt: skip
 
 
@@ -141,7 +117,7 @@ class DecoderStack:
         self.kv_size = cfg.num_kv_heads * cfg.head_dim
 
     def forward(
-        self, x: torch.Tensor, batch: StackBatch, cache: KVCache, final_norm: torch.Tensor | None = None
+        self, x: torch.Tensor, batch: StackBatch, cache, final_norm: torch.Tensor | None = None
     ) -> torch.Tensor:
         """x: (T, C). Returns the residual stream after the last layer, or its RMSNorm with `final_norm`."""
         eps, residual, h = self.cfg.rms_norm_eps, None, x
@@ -154,7 +130,7 @@ class DecoderStack:
             return self.ops.rms_norm(h, final_norm, eps, residual)[0]
         return residual + h
 
-    def _attention(self, h: torch.Tensor, i: int, layer: LayerWeights, b: StackBatch, cache: KVCache) -> torch.Tensor:
+    def _attention(self, h: torch.Tensor, i: int, layer: LayerWeights, b: StackBatch, cache) -> torch.Tensor:
         t, d = h.shape[0], self.cfg.head_dim
         qkv = F.linear(h, layer.wqkv)  # (T, (Hq + 2 Hkv) D)
         q = qkv[:, : self.q_size].view(t, -1, d)  # (T, Hq, D), a strided view
@@ -163,13 +139,12 @@ class DecoderStack:
         k_cache, v_cache = cache.k[i], cache.v[i]
         # RoPE is applied inside the store (k) and the attention (q): no separate rotary pass over q and k.
         if b.store:
-            self.ops.kv_store(k, v, k_cache, v_cache, b.token_slots, b.token_pos, b.cos, b.sin)
+            self.ops.kv_store(k, v, k_cache, v_cache, b.token_blocks, b.token_offsets, b.cos, b.sin)
         if b.decode:
             o = self.ops.decode_attention(
-                q, k_cache, v_cache, b.kv_lens, b.slots, cos=b.cos, sin=b.sin, max_seq_len=b.max_kv
+                q, k_cache, v_cache, b.kv_lens, b.block_tables, cos=b.cos, sin=b.sin, max_seq_len=b.max_kv
             )
         else:
-            o = self.ops.attention(
-                q, k_cache, v_cache, b.cu_seqlens, b.prefix_lens, b.slots, cos=b.cos, sin=b.sin, max_seqlen=b.max_new
-            )
+            o = self.ops.attention(q, k_cache, v_cache, b.cu_seqlens, b.prefix_lens, b.block_tables, cos=b.cos,
+                                   sin=b.sin, max_seqlen=b.max_new)  # fmt: skip
         return F.linear(o.reshape(t, self.q_size), layer.wo)  # (T, Hq, D) -> (T, Hq D)

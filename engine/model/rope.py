@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .config import RopeConfig
+from ..loaders.config import RopeConfig
 
 
 def _exponents(head_dim: int, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -1,150 +1,112 @@
-"""The decode loop's device side: per-sequence state in device tensors, one step = one (capturable) function.
+"""One decode step for a batch of rows, and its CUDA graphs (one per batch-size bucket and selection mode).
 
-Everything a step needs lives on the device, indexed by cache slot: the last token, the next cache position of
-each stack, the sampling settings and the repetition-penalty mask. A step reads the rows of the running sequences
-through a `slots` tensor, runs both stacks, samples and writes the new token and positions back, with no host read
-in between. On CUDA each batch-size bucket's step is captured once as a CUDA graph and replayed; sequences that
-finish leave the step (the batch is re-bucketed), and padding rows of a bucket point at a scratch cache slot.
-Without graphs (CPU, or `cuda_graphs=False`) the same function runs eagerly.
+Everything a step needs is read from device tensors through a `rows` tensor: last token, next position in each
+stack, page tables, sampling settings. It runs both stacks, selects the next tokens and writes positions and
+tokens back, with no host read, host-to-device copy or tensor built from Python values in between (the CPU test
+`tests/test_capture_safety.py` checks exactly that). On CUDA each (bucket, penalty, greedy) step is captured once
+and replayed; padding rows of a bucket point at the scratch row, whose positions are reset to 0 every step. When
+capture fails the error is raised: a caller who asked for graphs gets graphs or an error (`cuda_graphs=False`
+decodes eagerly). `replays` and `eager_steps` count which path ran, so tests can assert the fast one did.
 """
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
-from .generation import SamplingParams
-from .kv_cache import KVCache
-from .model import HoVLEModel
+from ..errors import HoVLEError
+from ..model.layers import decode_batch
 
-BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
-class DecodeRunner:
-    def __init__(self, model: HoVLEModel, emb_cache: KVCache, llm_cache: KVCache, quirk: bool, cuda_graphs: bool):
-        """The caches' last slot is the scratch slot that padding rows of a bucket write to."""
-        self.model, self.emb_cache, self.llm_cache, self.quirk = model, emb_cache, llm_cache, quirk
-        n, dev = emb_cache.num_slots, model.device
-        self.scratch = n - 1
-        zeros = lambda dt: torch.zeros(n, dtype=dt, device=dev)  # noqa: E731
-        self.tokens, self.emb_pos, self.llm_pos, self.hd_lens = (zeros(torch.int64) for _ in range(4))
-        self.temperature, self.top_p, self.penalty = zeros(torch.float32), zeros(torch.float32), zeros(torch.float32)
-        self.top_k = zeros(torch.int64)
-        self.seen = torch.zeros(n, model.cfg.llm.vocab_size, dtype=torch.bool, device=dev)
-        self.use_penalty = False
-        self.all_greedy = True
-        self.graphs_on = cuda_graphs and dev.type == "cuda"
+class CaptureError(HoVLEError, RuntimeError):
+    """The decode step could not be captured as a CUDA graph."""
+
+
+class DecodeStep:
+    def __init__(self, runner, cuda_graphs: bool):
+        self.runner = runner
+        self.graphs_on = cuda_graphs and runner.model.device.type == "cuda"
         self._graphs: dict[tuple[int, bool, bool], tuple] = {}
         self._pool = None
+        self.replays = 0
+        self.eager_steps = 0
 
-    # ---- state ---------------------------------------------------------------------------------------------
-    def begin(self, slots: list[int], prompts: list[list[int]], params: SamplingParams) -> None:
-        """Sets the rows of new sequences after their prefill (positions = the caches' lengths)."""
-        dev = self.model.device
-        idx = torch.tensor(slots, dtype=torch.int64, device=dev)
-        as_t = lambda v, dt=torch.int64: torch.tensor(v, dtype=dt, device=dev)  # noqa: E731
-        self.emb_pos[idx] = as_t([self.emb_cache.lengths[s] for s in slots])
-        self.hd_lens[idx] = self.emb_pos[idx]
-        self.llm_pos[idx] = as_t([self.llm_cache.lengths[s] for s in slots])
-        self.temperature[idx] = params.temperature
-        self.top_k[idx] = params.top_k
-        self.top_p[idx] = params.top_p
-        self.penalty[idx] = params.repetition_penalty
-        self.use_penalty = params.repetition_penalty != 1.0
-        self.all_greedy = params.temperature == 0  # known on the host: a plain argmax, no sort
-        self.seen[idx] = False
-        if self.use_penalty:
-            for s, ids in zip(slots, prompts):
-                self.seen[s, as_t(ids)] = True
-
-    def _select(self, logits: torch.Tensor, slots: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
-        ops = self.model.ops
-        if self.use_penalty:
-            logits = ops.repetition_penalty(logits, self.seen[slots], self.penalty[slots])
-        if self.all_greedy:
-            new = ops.greedy(logits)
+    def forward(self, rows: torch.Tensor, uniform: torch.Tensor, max_kv: tuple[int, int], penalty: bool,
+                greedy: bool) -> torch.Tensor:  # fmt: skip
+        """The step itself (what gets captured): rows (B,) int64, uniform (B,) -> (2, B) int64 tokens and flags."""
+        r = self.runner
+        m = r.model
+        emb_pos, llm_pos = r.emb_pos[rows], r.llm_pos[rows]
+        if r.quirk:  # HoVLE-HD reference quirk: position N_hd - 1, the prompt's N_hd keys, nothing stored
+            hd = r.hd_len[rows]
+            emb = decode_batch(m.emb_rope, r.emb_tables[rows], hd - 1, hd, r.page, m.dtype, max_kv[0], store=False)
         else:
-            new = ops.sample(logits, self.temperature[slots], self.top_k[slots], self.top_p[slots], uniform)
-        self.tokens[slots] = new
-        if self.use_penalty:
-            self.seen[slots, new] = True
-        return new
+            emb = decode_batch(m.emb_rope, r.emb_tables[rows], emb_pos, emb_pos + 1, r.page, m.dtype, max_kv[0])
+        llm = decode_batch(m.llm_rope, r.llm_tables[rows], llm_pos, llm_pos + 1, r.page, m.dtype, max_kv[1])
+        logits = m.decode_step(r.tokens[rows], emb, llm, r.emb_cache, r.llm_cache)
+        out = r.select(logits, rows, uniform, penalty, greedy)
+        pad = rows == r.scratch  # padding rows keep writing position 0 of the scratch page
+        if not r.quirk:
+            r.emb_pos.index_copy_(0, rows, torch.where(pad, 0, emb_pos + 1))
+        r.llm_pos.index_copy_(0, rows, torch.where(pad, 0, llm_pos + 1))
+        return out
 
-    def first_tokens(self, logits: torch.Tensor, slots: list[int], uniform: list[float]) -> list[int]:
-        """Selects each sequence's first token from its prefill logits (B, V)."""
-        dev = self.model.device
-        idx = torch.tensor(slots, dtype=torch.int64, device=dev)
-        return self._select(logits, idx, torch.tensor(uniform, dtype=torch.float32, device=dev)).tolist()
-
-    # ---- one step ------------------------------------------------------------------------------------------
-    def _step(self, slots: torch.Tensor, uniform: torch.Tensor, max_kv: tuple[int, int]) -> torch.Tensor:
-        emb_pos, llm_pos = self.emb_pos[slots], self.llm_pos[slots]
-        hd = self.hd_lens[slots] if self.quirk else None
-        logits = self.model.decode_step(
-            self.tokens[slots], slots, emb_pos, llm_pos, self.emb_cache, self.llm_cache, max_kv, hd
-        )
-        new = self._select(logits, slots, uniform)
-        if not self.quirk:
-            self.emb_pos[slots] = emb_pos + 1
-        self.llm_pos[slots] = llm_pos + 1
-        self.emb_pos[self.scratch] = 0  # padding rows keep writing position 0 of the scratch slot
-        self.llm_pos[self.scratch] = 0
-        return new
-
-    def step(self, slots: list[int], uniform: list[float]) -> list[int]:
-        """Advances the sequences in `slots` by one token; returns their new tokens (the one host sync)."""
-        for s in slots:
-            if not self.quirk:
-                self.emb_cache.reserve(s, 1)
-            self.llm_cache.reserve(s, 1)
+    def __call__(self, rows: list[int], uniform: list[float], max_kv: tuple[int, int], penalty: bool,
+                 greedy: bool) -> tuple[list[int], list[bool]]:  # fmt: skip
+        """Advances `rows` by one token; returns their new tokens and non-finite flags (the one host sync)."""
         if self.graphs_on:
-            out = self._replay(slots, uniform)
-            if out is not None:
-                return out
-        dev = self.model.device
-        max_kv = (
-            max(self.emb_cache.lengths[s] for s in slots) + (1 if self.quirk else 0),
-            max(self.llm_cache.lengths[s] for s in slots),
-        )
-        idx = torch.tensor(slots, dtype=torch.int64, device=dev)
-        return self._step(idx, torch.tensor(uniform, dtype=torch.float32, device=dev), max_kv).tolist()
+            out = self._replay(rows, uniform, penalty, greedy)
+        else:
+            dev = self.runner.model.device
+            idx = torch.tensor(rows, dtype=torch.int64).to(dev)
+            u = torch.tensor(uniform, dtype=torch.float32).to(dev)
+            out = self.forward(idx, u, max_kv, penalty, greedy)[:, : len(rows)]
+            self.eager_steps += 1
+        new, bad = out.tolist()
+        return new, [bool(b) for b in bad]
 
     # ---- CUDA graphs ---------------------------------------------------------------------------------------
-    def _replay(self, slots: list[int], uniform: list[float]) -> list[int] | None:
-        bucket = next((b for b in BUCKETS if b >= len(slots)), None)
+    def _replay(self, rows: list[int], uniform: list[float], penalty: bool, greedy: bool) -> torch.Tensor:
+        bucket = next((b for b in BUCKETS if b >= len(rows)), None)
         if bucket is None:
-            return None
-        key = (bucket, self.use_penalty, self.all_greedy)  # a graph holds the selection ops it was captured with
-        if key not in self._graphs and not self._capture(key):
-            return None
-        graph, slot_buf, uniform_buf, out = self._graphs[key]
-        pad = bucket - len(slots)
-        slot_buf.copy_(torch.tensor(slots + [self.scratch] * pad, dtype=torch.int64), non_blocking=True)
-        uniform_buf.copy_(torch.tensor(uniform + [0.0] * pad, dtype=torch.float32), non_blocking=True)
+            raise CaptureError(f"{len(rows)} rows exceed the largest decode bucket ({BUCKETS[-1]})")
+        key = (bucket, penalty, greedy)
+        if key not in self._graphs:
+            self._graphs[key] = self._capture(key)
+        graph, rows_buf, uniform_buf, staging, out = self._graphs[key]
+        pad = bucket - len(rows)
+        staging[0][:] = torch.tensor(rows + [self.runner.scratch] * pad, dtype=torch.int64)
+        staging[1][:] = torch.tensor(uniform + [0.0] * pad, dtype=torch.float32)
+        rows_buf.copy_(staging[0], non_blocking=True)
+        uniform_buf.copy_(staging[1], non_blocking=True)
         graph.replay()
-        return out[: len(slots)].tolist()
+        self.replays += 1
+        return out[:, : len(rows)]
 
-    def _capture(self, key: tuple[int, bool, bool]) -> bool:
-        """Captures the step for `bucket` rows (warmed up on the scratch slot, so no real sequence is touched)."""
-        bucket, dev = key[0], self.model.device
-        slot_buf = torch.full((bucket,), self.scratch, dtype=torch.int64, device=dev)
+    def _capture(self, key: tuple[int, bool, bool]) -> tuple:
+        """Captures the step for `bucket` rows, warmed up on the scratch row (no real sequence is touched)."""
+        (bucket, penalty, greedy), r = key, self.runner
+        dev = r.model.device
+        rows_buf = torch.full((bucket,), r.scratch, dtype=torch.int64, device=dev)
         uniform_buf = torch.zeros(bucket, dtype=torch.float32, device=dev)
-        max_kv = (self.emb_cache.capacity, self.llm_cache.capacity)
+        staging = (torch.empty(bucket, dtype=torch.int64).pin_memory(),
+                   torch.empty(bucket, dtype=torch.float32).pin_memory())  # fmt: skip
+        max_kv = r.capacity
         try:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                for _ in range(2):  # autotuning and allocator warm-up happen outside the capture
-                    self._step(slot_buf, uniform_buf, max_kv)
+                for _ in range(2):  # compilation, autotuning and allocator warm-up happen outside the capture
+                    self.forward(rows_buf, uniform_buf, max_kv, penalty, greedy)
             torch.cuda.current_stream().wait_stream(side)
             self._pool = self._pool or torch.cuda.graph_pool_handle()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self._pool):
-                out = self._step(slot_buf, uniform_buf, max_kv)
-        except Exception as exc:  # noqa: BLE001 - any capture failure means: run eagerly, and say so once
-            warnings.warn(f"CUDA-graph capture failed ({exc}); decoding without graphs", stacklevel=3)
-            self.graphs_on = False
-            return False
-        self._graphs[key] = (graph, slot_buf, uniform_buf, out)
-        return True
+                out = self.forward(rows_buf, uniform_buf, max_kv, penalty, greedy)
+        except Exception as exc:
+            raise CaptureError(
+                f"CUDA-graph capture of the decode step (bucket {bucket}) failed: {exc}; pass cuda_graphs=False "
+                "(--no-cuda-graph) to decode without graphs"
+            ) from exc
+        return graph, rows_buf, uniform_buf, staging, out

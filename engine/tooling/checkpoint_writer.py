@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..errors import WeightsError
-from ..weights import INDEX_FILE, SINGLE_FILE
+from ..loaders.weights import INDEX_FILE, SINGLE_FILE
 
 GENERATION_CONFIG_FILE = "generation_config.json"
 GENERATION_CONFIG = {"_from_model_config": True, "transformers_version": "4.37.2"}

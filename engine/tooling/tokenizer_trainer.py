@@ -2,7 +2,7 @@
 
 SentencePiece BPE on a text corpus, the six chat specials appended as user-defined pieces at the top of the
 SentencePiece vocabulary, then the nine added tokens in added_tokens.json, exactly as the released files lay them
-out; every id is then read back from these files by `engine.tokenizer.Tokenizer`.
+out; every id is then read back from these files by `engine.loaders.tokenizer.Tokenizer`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
 from ..errors import TokenizerError
-from ..tokenizer import ADDED_TOKENS, CHAT_SPECIALS, Tokenizer
+from ..loaders.tokenizer import ADDED_TOKENS, CHAT_SPECIALS, Tokenizer
 
 DEFAULT_CORPUS = Path(__file__).parent.parent / "data" / "corpus.txt"
 # InternLM2-like SentencePiece settings (BPE, byte fallback, digits split, dummy prefix, no pad piece); one

@@ -1,0 +1,1 @@
+"""What the engine reads from outside: config.json, the safetensors shards, the tokenizer files, images."""

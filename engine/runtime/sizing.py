@@ -1,0 +1,55 @@
+"""How big the runtime is: page size, pages per stack, decode rows and the context, from the engine's options,
+the model and the memory at hand.
+
+The KV budget (`kv_cache_memory` bytes, by default 90% of the GPU's free memory after the weights, less a reserve
+for activations; on the CPU at most 2 GiB, an eighth of the RAM, and two contexts' (or 16k tokens') worth) is split
+between the two stacks in the worst-case ratio of their sequence lengths (HoVLE-HD's embedding module reads up to 4
+positions per LLM position). The context is clamped to what the pages can hold, unless it was asked for explicitly, which is an
+error instead.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from ..errors import InputError
+from .kv_cache import PagedKVCache
+
+DEFAULT_PAGE = 64
+
+
+class Sizing:
+    """Page size, pages per stack, rows and context, from the options, the model and the memory at hand."""
+
+    def __init__(self, cfg, model, ops, max_context, max_batch, kv_bytes, page, hd_decode):
+        cuda = model.device.type == "cuda"
+        rope = cfg.llm.stack.rope
+        natural = int(rope.max_position_embeddings * (rope.factor if rope.scaling else 1))
+        self.quirk = cfg.is_hd and hd_decode == "reference-quirk"
+        self.max_batch = max_batch or (256 if cuda else 64)
+        self.page = page or DEFAULT_PAGE
+        self.page = math.lcm(self.page, ops.page_multiple)
+        ratio = cfg.emb_tokens_per_tile // cfg.tokens_per_tile  # embedding positions per LLM position, at most
+        per_token = [PagedKVCache.bytes_per_token(s.num_layers, s.num_kv_heads, s.head_dim, model.dtype)
+                     for s in (cfg.embedding.stack, cfg.llm.stack)]  # fmt: skip
+        context = max_context or natural
+        budget = kv_bytes or self._default_bytes(cuda, context, per_token, ratio)
+        tokens = budget // (ratio * per_token[0] + per_token[1])  # LLM positions the budget holds
+        if max_context is not None and tokens < max_context:
+            raise InputError(f"max_context = {max_context} needs {max_context * (ratio * per_token[0] + per_token[1])}"
+                             f" bytes of KV cache but {budget} are available; lower it or raise kv_cache_memory")
+        self.max_context = min(context, max(tokens - self.page, 2))
+        llm_pages = max(tokens // self.page, 2)
+        self.num_pages = (ratio * llm_pages + 1, llm_pages + 1)  # + the scratch page
+        self.max_pages = (-(-ratio * self.max_context // self.page) + 1, -(-self.max_context // self.page) + 1)
+
+    def _default_bytes(self, cuda: bool, context: int, per_token: list[int], ratio: int) -> int:
+        want = self.max_batch * context * (ratio * per_token[0] + per_token[1])  # never more than all rows' worth
+        if cuda:
+            free, total = torch.cuda.mem_get_info()
+            return max(min(want, int(free * 0.9) - max(1 << 30, total // 10)), 1 << 26)
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return min(want, max(2 * context, 16384) * (ratio * per_token[0] + per_token[1]), 2 << 30, ram // 8)
