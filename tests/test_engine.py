@@ -109,6 +109,48 @@ def test_seeded_sampling_is_reproducible_and_batch_independent(engine):
     assert c.token_ids != a.token_ids
 
 
+SAMPLING = [
+    dict(temperature=0.9, top_k=12, top_p=0.8, repetition_penalty=1.3, seed=7),
+    dict(temperature=1.3, top_k=0, top_p=0.5, repetition_penalty=1.0, seed=8),
+    dict(temperature=0.7, top_k=5, top_p=1.0, repetition_penalty=0.7, seed=9),
+    dict(temperature=2.5, top_k=0, top_p=1.0, repetition_penalty=4.0, seed=10),  # the penalty moves the whole CDF
+    dict(temperature=0.0, repetition_penalty=1.5),
+]
+
+
+@pytest.mark.parametrize("variant", ["pre", "post"])
+@pytest.mark.parametrize("kw", SAMPLING, ids=lambda kw: "-".join(f"{k}{v}" for k, v in kw.items()))
+def test_sampling_equals_the_references_under_the_same_draws(root, variant, kw):
+    """The engine's tokens equal the reference model's logits put through Hugging Face's repetition penalty (an
+    implementation independent of ours; the engine's torch backend uses repetition_penalty_ref) and sample_ref
+    with the same uniforms (one draw per token from torch.Generator().manual_seed(seed), as the engine documents)."""
+    from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+    from kernels import sample_ref
+    from tests.reference import ReferenceHoVLE
+
+    path = make_checkpoint(root, variant, "hovle-hd" if variant == "post" else "hovle")
+    eng = Engine.from_pretrained(path, device="cpu", dtype=torch.float32)
+    image, steps = noise_image(90, 60, 11), 20
+    got = eng.generate("Sample a caption.", image, max_num=2, max_new_tokens=steps, ignore_eos=True, **kw).token_ids
+    req = eng.prepare([{"role": "user", "content": "Sample a caption."}], [image], 2)
+    ref = ReferenceHoVLE.from_dir(str(path))
+    logits = ref.prefill(req.ids_emb, req.ids_llm, req.pixel_values)[-1:]  # (1, V)
+    gen = torch.Generator().manual_seed(kw["seed"]) if kw.get("seed") is not None else None
+    row = lambda x, dtype=torch.float32: torch.tensor([x], dtype=dtype)  # noqa: E731
+    seen, want = list(req.ids_llm), []
+    for _ in range(steps):
+        if kw["repetition_penalty"] != 1.0:
+            logits = RepetitionPenaltyLogitsProcessor(kw["repetition_penalty"])(torch.tensor([seen]), logits)
+        u = float(torch.rand((), generator=gen, dtype=torch.float64)) if gen else 0.0
+        tok = int(sample_ref(logits, row(kw["temperature"]), row(kw.get("top_k", 0), torch.int64),
+                             row(kw.get("top_p", 1.0)), row(u, torch.float64))[0])  # fmt: skip
+        want.append(tok)
+        seen.append(tok)
+        logits = ref.decode_step(tok)[None]
+    assert got == want
+
+
 def test_repetition_penalty_changes_greedy_output(engine):
     plain = engine.generate("Repeat after me.", max_new_tokens=30)
     penalised = engine.generate("Repeat after me.", max_new_tokens=30, repetition_penalty=3.0)

@@ -219,3 +219,20 @@ def test_repetition_penalty_rejects_bad_inputs():
         repetition_penalty(logits, torch.zeros(2, 8, device=DEV), penalty)
     with pytest.raises(ValueError, match="penalty must be"):
         repetition_penalty(logits, torch.zeros(2, 8, dtype=torch.bool, device=DEV), torch.ones(3, device=DEV))
+
+
+def test_repetition_penalty_ref_is_hugging_faces_rule():
+    """The spec against an independent implementation: transformers' RepetitionPenaltyLogitsProcessor."""
+    from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+    gen = torch.Generator().manual_seed(12)
+    logits = torch.randn(3, 50, generator=gen) * 3
+    ids = [torch.randint(0, 50, (n,), generator=gen) for n in (1, 7, 30)]
+    for penalty in (0.6, 1.0, 1.3, 4.0):
+        seen = torch.zeros(3, 50, dtype=torch.bool)
+        for b, row_ids in enumerate(ids):
+            seen[b, row_ids] = True
+        ours = repetition_penalty_ref(logits, seen, torch.full((3,), penalty))
+        for b, row_ids in enumerate(ids):
+            theirs = RepetitionPenaltyLogitsProcessor(penalty)(row_ids[None], logits[b : b + 1].clone())
+            assert torch.equal(ours[b : b + 1], theirs)

@@ -122,6 +122,8 @@ class HoVLEConfig:
             raise ConfigError(f"{file}: not found; expected the checkpoint's config.json")
         try:
             raw = json.loads(file.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"{file}: cannot be read ({exc.strerror or exc})") from None
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ConfigError(f"{file}: not valid JSON ({exc})") from None
         return cls.from_dict(raw, source=str(file))

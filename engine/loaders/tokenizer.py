@@ -65,6 +65,15 @@ def _check_added(path: Path, added: dict, sp: spm.SentencePieceProcessor) -> dic
     return dict(added)
 
 
+def _check_utf8(text: str) -> None:
+    """Lone surrogates (undecodable bytes in a command line, broken JSON escapes) cannot be encoded as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"the text is not valid Unicode: {exc.reason} at character {exc.start} "
+                         f"({text[max(0, exc.start - 10) : exc.start]!r} then {text[exc.start]!r})") from None
+
+
 class Tokenizer:
     """SentencePiece pieces 0..sp_size-1 followed by the added tokens sp_size..vocab_size-1."""
 
@@ -147,6 +156,7 @@ class Tokenizer:
         """Token ids of `text`; add_bos=None follows add_bos_token of tokenizer_config.json (true for InternLM2)."""
         if not isinstance(text, str):
             raise InputError(f"text to encode must be a str, got {type(text).__name__}")
+        _check_utf8(text)
         ids = [self.bos_id] if (self.add_bos_token if add_bos is None else add_bos) else []
         # re.split with one capture group alternates plain chunk / matched special, starting with a chunk.
         for i, chunk in enumerate(self._split_re.split(text)):
@@ -161,6 +171,7 @@ class Tokenizer:
     def encode_text(self, text: str) -> list[int]:
         """`text` as literal characters: no special token is recognised, not even one SentencePiece itself would
         match (the chat specials are user-defined pieces of its vocabulary); those spell out char by char."""
+        _check_utf8(text)
         ids = []
         for idx in self._sp.encode(text):
             ids.extend(self._literal(idx) if idx in self.special_ids else (idx,))

@@ -93,6 +93,8 @@ def _read_index(index: Path) -> dict[str, Path]:
     """weight_map of the index as tensor name -> shard path; every named shard must exist."""
     try:
         raw = json.loads(index.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise WeightsError(f"{index}: cannot be read ({exc.strerror or exc})") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise WeightsError(f"{index}: not valid JSON ({exc})") from None
     weight_map = raw.get("weight_map") if isinstance(raw, dict) else None
@@ -124,12 +126,15 @@ def checkpoint_files(path: str | Path) -> list[Path]:
 
 
 def _read_raw_header(file: Path, size: int) -> tuple[dict, int]:
-    with open(file, "rb") as fh:
-        n = int.from_bytes(fh.read(8), "little")
-        if n > MAX_HEADER_BYTES or 8 + n > size:  # also catches files shorter than the 8-byte length
-            limit = f"at most {MAX_HEADER_BYTES} and within the file"
-            raise WeightsError(f"{file}: corrupt or TRUNCATED header: length {n} bytes ({limit}, {size} bytes)")
-        raw = fh.read(n)
+    try:
+        with open(file, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if n > MAX_HEADER_BYTES or 8 + n > size:  # also catches files shorter than the 8-byte length
+                limit = f"at most {MAX_HEADER_BYTES} and within the file"
+                raise WeightsError(f"{file}: corrupt or TRUNCATED header: length {n} bytes ({limit}, {size} bytes)")
+            raw = fh.read(n)
+    except OSError as exc:
+        raise WeightsError(f"{file}: cannot be read ({exc.strerror or exc})") from None
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -245,12 +250,23 @@ def _load_file(file: Path, infos: list[TensorInfo], out: dict, dtype, device, ba
         with safe_open(str(file), framework="pt", device="cpu") as f:
             for info in sorted(infos, key=lambda i: i.begin):  # file order: sequential reads of the mapping
                 current = info.name
-                out[info.name] = _to_target(f.get_tensor(info.name), dtype, device)
+                out[info.name] = _finite(info, _to_target(f.get_tensor(info.name), dtype, device), dtype)
                 if bar is not None:
                     bar.update(info.nbytes)
+    except WeightsError:
+        raise
     except Exception as exc:
         what = f"reading tensor {current!r}" if current else "opening the file"
         raise WeightsError(f"{file}: {what} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _finite(info: TensorInfo, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A weight with NaN or inf would turn every answer into garbage (or id 0): refused at load, by name."""
+    if not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).sum())
+        raise WeightsError(f"tensor {info.name!r} in {info.file}: {bad} of {t.numel()} values are NaN or inf "
+                           f"(in the file, or out of {dtype}'s range after the cast)")  # fmt: skip
+    return t
 
 
 def load_weights(

@@ -4,8 +4,8 @@ the model and the memory at hand.
 The KV budget (`kv_cache_memory` bytes, by default 90% of the GPU's free memory after the weights, less a reserve
 for activations; on the CPU at most 2 GiB, an eighth of the RAM, and two contexts' (or 16k tokens') worth) is split
 between the two stacks in the worst-case ratio of their sequence lengths (HoVLE-HD's embedding module reads up to 4
-positions per LLM position). The context is clamped to what the pages can hold, unless it was asked for explicitly, which is an
-error instead.
+positions per LLM position). The context is clamped to what the pages can hold, unless it was asked for
+explicitly, which is an error instead.
 """
 
 from __future__ import annotations
