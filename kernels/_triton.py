@@ -51,6 +51,13 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def tuning_configs(configs: list) -> list:
+    """The autotuning list of a tiled kernel: all of it, or only its first entry (a sound default) under the
+    interpreter and with HOVLE_TRITON_AUTOTUNE=0 (the GPU test runs: every config costs a compile, and the kernel
+    tests check each config's correctness on their own)."""
+    return configs[:1] if interpreting() or os.environ.get("HOVLE_TRITON_AUTOTUNE", "1") == "0" else configs
+
+
 def triton_usable(device_type: str) -> bool:
     """Whether Triton kernels can run on tensors of `device_type` in this process."""
     return HAS_TRITON and (device_type == "cuda" or (device_type == "cpu" and interpreting()))

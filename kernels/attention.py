@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ._checks import FLOATS, check_index, check_same_device, require
 from ._paged import check_block_tables, check_cache, sequence_kv
-from ._triton import interpreting, tl, triton, triton_usable
+from ._triton import tl, triton, triton_usable, tuning_configs
 from .rotary import rotate_ref
 
 _QUERY_CHUNK = 1024  # bounds the (Hq, chunk, keys) score matrix the reference materialises
@@ -137,7 +137,7 @@ def _attend_tiles(acc, l_i, m_i, q, k_base, v_base, table_ptr, q_pos, kv_len, lo
 
 
 @triton.autotune(
-    configs=_tile_configs()[:1] if interpreting() else _tile_configs(),  # one under the interpreter
+    configs=tuning_configs(_tile_configs()),
     key=["HEAD_DIM", "GROUP", "PAGE", "seq_bucket"],
     prune_configs_by={"early_config_prune": _prune},
 )

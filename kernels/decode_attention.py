@@ -28,7 +28,7 @@ import torch
 
 from ._checks import FLOATS, check_index, check_same_device, require
 from ._paged import check_block_tables, check_cache, sequence_kv
-from ._triton import interpreting, tl, triton, triton_usable
+from ._triton import tl, triton, triton_usable, tuning_configs
 from .attention import _kv_tile
 from .rotary import rotate_ref
 
@@ -73,7 +73,7 @@ _CONFIGS = [
 ]
 
 
-@triton.autotune(configs=_CONFIGS[:1] if interpreting() else _CONFIGS, key=["HEAD_DIM", "BLOCK_H", "PAGE"])
+@triton.autotune(configs=tuning_configs(_CONFIGS), key=["HEAD_DIM", "BLOCK_H", "PAGE"])
 @triton.jit
 def _decode_attention_kernel(
     q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, cos_ptr, sin_ptr, acc_ptr, m_ptr, l_ptr,

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ._checks import FLOATS
-from ._triton import interpreting, tl, triton, triton_usable
+from ._triton import tl, triton, triton_usable, tuning_configs
 from .pixel_shuffle import pixel_shuffle_ref
 
 
@@ -44,7 +44,7 @@ _CONFIGS = [
 
 # SHUFFLE is deliberately not in the key: for a given shape both layouts run the same config, so the shuffled
 # output holds bit-for-bit the values of the unshuffled one. M_BUCKET (next power of two of N) bounds re-tuning.
-@triton.autotune(configs=_CONFIGS[:1] if interpreting() else _CONFIGS, key=["M_BUCKET", "C", "PATCH"])
+@triton.autotune(configs=tuning_configs(_CONFIGS), key=["M_BUCKET", "C", "PATCH"])
 @triton.jit
 def _patch_embed_kernel(px_ptr, w_ptr, bias_ptr, pos_ptr, out_ptr,
                         stride_px_n, stride_px_c, stride_px_h, stride_px_w,

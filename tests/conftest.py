@@ -15,6 +15,9 @@ if not torch.cuda.is_available():
 # out-of-range integers in the tests (engine/runtime/memory.py), so such a read fails a test instead of passing by
 # luck of the allocator.
 os.environ["HOVLE_POISON"] = "1"
+# One tuning config per tiled Triton kernel in the engine-level tests (each config is a compile on a GPU); the kernel
+# tests check every config's correctness on their own (test_every_tuning_config).
+os.environ.setdefault("HOVLE_TRITON_AUTOTUNE", "0")
 
 
 def kernel_device() -> str:

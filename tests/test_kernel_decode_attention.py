@@ -215,3 +215,15 @@ def test_validation_scalars():
         decode_attention(q, k_cache, v_cache, seq_lens, tables, scale="0.1")
     with pytest.raises(ValueError, match="seq_lens is on"):
         decode_attention(q, k_cache, v_cache, seq_lens.to("meta"), tables)
+
+
+def test_every_tuning_config(monkeypatch):
+    """The interpreter (and HOVLE_TRITON_AUTOTUNE=0) runs only the first config; each one the GPU may pick is
+    checked here, with pages inside a key tile and straddling it."""
+    from kernels import decode_attention as mod
+
+    for config in mod._CONFIGS:
+        monkeypatch.setattr(mod._decode_attention_kernel, "configs", [config])  # a single config runs without tuning
+        for page in (16, 128):
+            inputs, dense = make_inputs([200, 1, 37], 4, 2, 64, torch.float16, True, page=page, seed=5)
+            check(decode_attention(*inputs[:5], None, *inputs[5:]), inputs, dense)
