@@ -1,7 +1,8 @@
-# Quick start:  make demo   (embedded default model, random weights)
+# Quick start:  make demo   (the embedded default model, trained on generated scenes, on the example image)
 #               make test   (the full CPU test suite)
-# Each target creates .venv and installs what it needs on first use.
+# Each target creates .venv and installs what it needs on first use (the serving extra included).
 # TORCH_SPEC picks the torch build: a CPU wheel by default; e.g. `make test TORCH_SPEC=torch` on a CUDA machine.
+# make gpu-check [QUICK=1]: the GPU machine's check (its own python3, no venv, nothing downloaded); see the README.
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,7 +12,7 @@ PYTEST_ARGS ?=
 HOVLE_BUILD_CUDA ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 1 || echo 0)
 export HOVLE_BUILD_CUDA
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean gpu-check serve
 
 # csrc/ is a prerequisite so that `make setup` rebuilds the native extensions after a source change
 # (pip install -e re-runs build_ext, which rebuilds what is out of date; HOVLE_BUILD_CUDA=0 skips nvcc).
@@ -20,7 +21,7 @@ $(VENV)/.installed: pyproject.toml setup.py $(wildcard csrc/*)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel pybind11
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q "triton>=3.0" || echo "triton not installable here: Triton kernels and their tests are skipped"
-	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
+	$(PY) -m pip install -q --no-build-isolation -e ".[test,serve]"
 	$(PY) -c "import kernels.preprocess as p; print('image preprocessing:', p.describe())"
 	touch $@
 
@@ -31,6 +32,12 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+serve: setup
+	$(PY) -m engine serve
+
+gpu-check:
+	python3 benchmarks/gpu_check.py $(if $(QUICK),--quick,)
 
 lint: setup
 	$(VENV)/bin/ruff check engine kernels tests benchmarks

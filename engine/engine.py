@@ -237,14 +237,24 @@ class Engine:
             "kv_pages_total": (pools[0].num_blocks - 1, pools[1].num_blocks - 1),
         }  # fmt: skip
 
-    def _run(self, requests: list[Request], single: bool, stream: bool, sampling: dict):
-        params = SamplingParams.build(**sampling)
-        start = time.perf_counter() - max((r.preprocess_s for r in requests), default=0.0)
+    def submit(self, requests: list[Request], params: SamplingParams, events, stream: bool = False) -> list:
+        """Hands requests to the scheduler; it puts (index, kind, payload) on `events` (anything with `put`):
+        ("token", (id, text delta)), then ("done", finish reason) or ("error", exception). For servers."""
         budgets = [self._budget(r, params) for r in requests]
-        events: queue.SimpleQueue = queue.SimpleQueue()
         seqs = [Sequence(r, params, b, events, index=i, stream=stream)
                 for i, (r, b) in enumerate(zip(requests, budgets))]  # fmt: skip
         self.scheduler.submit(seqs)
+        return seqs
+
+    def cancel(self, seqs: list) -> None:
+        """Cancels submitted requests: their pages and rows are freed at the next step."""
+        self.scheduler.cancel(seqs)
+
+    def _run(self, requests: list[Request], single: bool, stream: bool, sampling: dict):
+        params = SamplingParams.build(**sampling)
+        start = time.perf_counter() - max((r.preprocess_s for r in requests), default=0.0)
+        events: queue.SimpleQueue = queue.SimpleQueue()
+        seqs = self.submit(requests, params, events, stream)
         results: list = [None] * len(seqs)
         out = Stream(self._events(seqs, events, results, start), single, results)
         if stream:
@@ -262,7 +272,7 @@ class Engine:
                 if kind == "token" and payload[1]:
                     yield index, payload[1]
                 elif kind == "done":
-                    results[index] = _result(seqs[index], start)
+                    results[index] = result_of(seqs[index], start)
                     pending -= 1
                 elif kind == "error":
                     raise payload
@@ -271,7 +281,8 @@ class Engine:
                 self.scheduler.cancel(seqs)
 
 
-def _result(seq: Sequence, start: float) -> GenerationResult:
+def result_of(seq: Sequence, start: float) -> GenerationResult:
+    """The GenerationResult of a finished sequence (`start`: when the caller's request began)."""
     req = seq.request
     t_first = seq.t_first or seq.t_done
     timing = Timings(req.preprocess_s, t_first - start, seq.t_done - t_first, max(len(seq.generated) - 1, 0),
