@@ -39,3 +39,13 @@ def test_e2e_benchmark_smoke_run_covers_every_provider():
     scenarios = {(r["provider"], r["scenario"]) for r in rows}
     assert all((p, s) in scenarios for p in providers for s in ("ttft_text", "ttft_one_tile", "ttft_max12", "decode"))
     assert _results_state() == before  # a smoke run records nothing
+
+
+def test_gpu_check_without_a_gpu_says_so_and_exits_0():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: make gpu-check would run for minutes")
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py")], capture_output=True, text=True,
+                         timeout=120, cwd=ROOT)  # fmt: skip
+    assert out.returncode == 0 and "no CUDA GPU here" in out.stdout

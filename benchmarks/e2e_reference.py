@@ -1,0 +1,58 @@
+"""The Hugging Face reference providers of bench_e2e: the tests' reassembly of HoVLE from transformers' Llama
+layers (bf16, SDPA attention), batch 1 (it holds one sequence), with DynamicCache (Hugging Face's default) or with
+StaticCache and the decode step under torch.compile(mode="reduce-overhead") (CUDA graphs)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import ROOT
+from benchmarks.e2e_common import SCENARIOS, TEXT_PROMPT, Run, peak_gb, photo, reset_memory, sync
+from engine import Engine
+
+
+def bench_reference(model: str, path: Path, new: int, static: bool) -> list[dict]:
+    sys.path.insert(0, str(ROOT))
+    import tests.reference as ref_mod
+    from tests.reference_static import StaticReferenceHoVLE
+
+    ref_mod.ATTN_IMPLEMENTATION = "sdpa"
+    cls = StaticReferenceHoVLE if static else ref_mod.ReferenceHoVLE
+    prep = Engine.from_pretrained(path, device="cpu", dtype=torch.float32, kv_cache_memory=1 << 24)  # ids + tiles
+    reset_memory()
+    t0 = time.perf_counter()
+    ref = cls.from_dir(str(path), dtype=Run.dtype, device=Run.device)
+    sync()
+    provider = "hf-reference-static-compile" if static else "hf-reference-sdpa"
+    base, rows = {"model": model, "provider": provider, "load_s": time.perf_counter() - t0}, []
+    for name, (size, max_num) in SCENARIOS.items():
+        t1 = time.perf_counter()
+        req = prep.prepare([{"role": "user", "content": TEXT_PROMPT}], [photo(*size)] if size else [], max_num)
+        pixels = req.pixel_values.to(Run.device) if req.pixel_values is not None else None
+        if static:
+            ref.start(len(req.ids_emb) + new, len(req.ids_llm) + new, compile_mode=Run.compile_mode)
+        else:
+            ref.emb_cache, ref.llm_cache = type(ref.emb_cache)(), type(ref.llm_cache)()  # new sequence, same weights
+        logits = ref.prefill(req.ids_emb, req.ids_llm, pixels)[-1]
+        sync()
+        rows.append({**base, "scenario": f"ttft_{name}", "batch": 1, "ttft_ms": (time.perf_counter() - t1) * 1e3,
+                     "prompt_tokens": len(req.ids_llm), "tiles": sum(req.tiles)})  # fmt: skip
+    prep.close()
+    tok, warm = int(logits.argmax()), 3  # the first compiled steps compile and capture: not timed
+    for _ in range(warm):
+        tok = int(ref.decode_step(tok).argmax())
+    sync()
+    t1 = time.perf_counter()
+    for _ in range(new - 1 - warm):
+        tok = int(ref.decode_step(tok).argmax())
+    sync()
+    rate = (new - 1 - warm) / (time.perf_counter() - t1)
+    rows.append({**base, "scenario": "decode", "batch": 1, "decode_tok_s": rate, "decode_tok_s_total": rate,
+                 "new_tokens": new, "note": "context after the last (12-tile) scenario's prompt"})  # fmt: skip
+    peak = peak_gb()
+    del ref
+    return [{**r, "peak_mem_gb": peak} for r in rows]
