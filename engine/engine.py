@@ -187,7 +187,7 @@ class Engine:
         Sampling: max_new_tokens, temperature (0 = greedy), top_k, top_p, repetition_penalty, seed, stop,
         ignore_eos. raw=True: each prompt is the complete template text, its control tokens honoured (opt-in)."""
         single = isinstance(prompts, str)
-        prompt_list = [prompts] if single else list(prompts)
+        prompt_list = [prompts] if single else list(prompts) if isinstance(prompts, (list, tuple)) else []
         if not prompt_list or not all(isinstance(p, str) for p in prompt_list):
             raise InputError("prompts must be a string or a non-empty list of strings")
         image_lists = split_images(images, single, len(prompt_list))

@@ -54,8 +54,13 @@ class SamplingParams:
 
     @classmethod
     def build(cls, stop: str | list[str] | tuple[str, ...] | None = None, **kw) -> SamplingParams:
-        stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
-        return cls(stop=stops, **kw)
+        if stop is not None and not isinstance(stop, (str, list, tuple)):
+            raise InputError(f"stop = {stop!r}; expected a non-empty string or a list of non-empty strings")
+        unknown = sorted(set(kw) - {f for f in cls.__dataclass_fields__ if f != "stop"})
+        if unknown:
+            raise InputError(f"unknown sampling parameter(s) {unknown}; expected some of "
+                             f"{sorted(cls.__dataclass_fields__)}")  # fmt: skip
+        return cls(stop=(stop,) if isinstance(stop, str) else tuple(stop or ()), **kw)
 
     def generator(self) -> torch.Generator | None:
         if self.temperature == 0:

@@ -5,8 +5,6 @@ sequence's keys shows up as a wrong token.
 """
 
 import dataclasses
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -255,19 +253,6 @@ def test_bad_engine_options_raise_before_loading(root, kw, match):
         pytest.skip("a CUDA device exists")
     with pytest.raises(ValueError, match=match):
         Engine.from_pretrained(make_checkpoint(root, "pre"), **kw)
-
-
-def test_cli_generate_runs_on_a_checkpoint(root, tmp_path):
-    path = make_checkpoint(root, "pre")
-    img = tmp_path / "img.png"
-    noise_image(120, 80, 3).save(img)
-    cmd = [sys.executable, "-m", "engine", "generate", "--model", str(path), "--image", str(img), "--prompt",
-           "Describe.", "--max-new-tokens", "6", "--stream", "--max-num", "2"]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert "2x1 grid" in out.stdout and "tokens: 6 generated" in out.stdout and "<IMG_CONTEXT>x12" in out.stdout
-    bad = subprocess.run(cmd[:5] + [str(tmp_path / "missing")], capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and "config.json" in bad.stderr
 
 
 def test_finished_sequences_stop_costing_work(root, monkeypatch):

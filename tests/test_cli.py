@@ -1,0 +1,94 @@
+"""The command line: every input error ends as one line on stderr and exit status 2, never a traceback."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from engine.__main__ import main
+from tests.ckpt import make_checkpoint, noise_image
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("cli"), "pre")
+
+
+def _fails_in_one_line(capsys, argv: list[str], words: str) -> None:
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_bad_option_values(capsys, ckpt, tmp_path):
+    gen = ["generate", "--model", str(ckpt), "--prompt", "Hi.", "--max-new-tokens", "2"]
+    cases = [
+        (gen + ["--backend", "bogus"], "invalid choice: 'bogus'"),
+        (gen + ["--device", "tpu"], "device 'tpu'"),
+        (gen + ["--dtype", "int8"], "dtype 'int8'"),
+        (gen + ["--max-num", "1000000"], "max_num = 1000000"),
+        (gen + ["--max-new-tokens", "lots"], "invalid int value: 'lots'"),
+        (gen + ["--temperature", "-2"], "temperature = -2.0"),
+        (gen + ["--max-tiles", "5000"], "hard cap is 128"),
+        (["generate", "--prompt", "Hi."], "--model"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ]
+    for argv, words in cases:
+        _fails_in_one_line(capsys, argv, words)
+
+
+def test_bad_files(capsys, ckpt, tmp_path, monkeypatch):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    gen = ["generate", "--model", str(ckpt), "--prompt", "Hi.", "--max-new-tokens", "2"]
+    _fails_in_one_line(capsys, gen + ["--image", str(tmp_path / "missing.png")], "missing.png")
+    _fails_in_one_line(capsys, gen + ["--image", str(broken)], "broken.png")
+    _fails_in_one_line(capsys, ["generate", "--model", str(tmp_path), "--prompt", "Hi."], "config.json")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    _fails_in_one_line(capsys, ["write-default", "--random", "--out", str(blocker / "sub")], "a-file")
+    import pathlib
+
+    real = pathlib.Path.read_text
+
+    def denied(self, *a, **kw):  # root reads anything, so the permission error is simulated
+        if self.name == "config.json":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(pathlib.Path, "read_text", denied)
+    _fails_in_one_line(capsys, gen, "Permission denied")
+
+
+def _run(args: list, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "engine", *args], capture_output=True, timeout=300, env=env)
+
+
+def test_invalid_utf8_prompt_and_triton_without_a_gpu(ckpt):
+    out = _run([b"generate", b"--model", str(ckpt).encode(), b"--prompt", b"caf\xe9 \xff", b"--max-new-tokens", b"2"])
+    err = out.stderr.decode()
+    assert out.returncode == 2 and err.count("\n") == 1 and "not valid Unicode" in err, err
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    import torch
+
+    if not torch.cuda.is_available():
+        out = _run(["generate", "--model", str(ckpt), "--backend", "triton", "--prompt", "Hi."], env)
+        err = out.stderr.decode()
+        assert out.returncode == 2 and err.count("\n") == 1 and "backend 'triton'" in err, err
+
+
+def test_generate_runs_and_prints_the_prompt_and_tiles(ckpt, tmp_path):
+    img = tmp_path / "img.png"
+    noise_image(120, 80, 3).save(img)
+    out = _run(["generate", "--model", str(ckpt), "--image", str(img), "--prompt", "Describe.", "--max-new-tokens",
+                "6", "--stream", "--max-num", "2"])  # fmt: skip
+    text = out.stdout.decode()
+    assert out.returncode == 0, out.stderr.decode()
+    assert "2x1 grid" in text and "tokens: 6 generated" in text and "<IMG_CONTEXT>x" in text
