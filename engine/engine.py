@@ -35,6 +35,7 @@ from .runtime.scheduler import Scheduler
 from .runtime.sequence import Sequence
 from .runtime.sizing import Sizing
 
+IDLE_CHUNK = 16384  # prefill positions per forward while nothing decodes (unless prefill_chunk is set)
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
     "float16": torch.float16, "fp16": torch.float16,
@@ -148,7 +149,8 @@ class Engine:
                              vocab_limit=tokenizer.vocab_size if tokenizer.vocab_size < cfg.llm.vocab_size else None)
         chunk = prefill_chunk or (4096 if device.type == "cuda" else 2048)
         scheduler = Scheduler(runner, tokenizer, max_batch=sizing.max_batch, max_queue=max_queue,
-                              prefill_chunk=chunk, prefix_caching=bool(prefix_caching))  # fmt: skip
+                              prefill_chunk=chunk, idle_chunk=prefill_chunk or IDLE_CHUNK,
+                              prefix_caching=bool(prefix_caching))  # fmt: skip
         builder = RequestBuilder(cfg, tokenizer, template, max_tiles or max(cfg.max_dynamic_patch, 1))
         builder.preprocess = preprocess  # "auto": the native C++ image path when it is built, else PIL
         return cls(cfg, tokenizer, model, scheduler, builder, hd_decode, sizing.max_context)

@@ -44,10 +44,10 @@ class NumericsError(HoVLEError, ArithmeticError):
 
 class Scheduler:
     def __init__(self, runner: ModelRunner, tokenizer, *, max_batch: int, max_queue: int, prefill_chunk: int,
-                 prefix_caching: bool):  # fmt: skip
+                 idle_chunk: int, prefix_caching: bool):  # fmt: skip
         self.runner, self.tokenizer = runner, tokenizer
         self.pages = PageManager(runner, prefix_caching)
-        self.max_queue, self.prefill_chunk = max_queue, prefill_chunk
+        self.max_queue, self.prefill_chunk, self.idle_chunk = max_queue, prefill_chunk, idle_chunk
         self.waiting: deque[Sequence] = deque()
         self.prefilling: list[Sequence] = []
         self.running: list[Sequence] = []
@@ -146,7 +146,10 @@ class Scheduler:
 
     # ---- prefill ------------------------------------------------------------------------------------------
     def _prefill_round(self) -> None:
-        budget, work, seqs = self.prefill_chunk, [], []
+        # Chunks exist to keep running streams moving; with none running, a whole prompt (up to IDLE_CHUNK) goes in
+        # one forward: fewer launches, no re-read of the prompt's own keys, and the fastest TTFT.
+        budget = self.prefill_chunk if self.running else self.idle_chunk
+        work, seqs = [], []
         for seq in self.prefilling:
             if budget <= 0:
                 break
