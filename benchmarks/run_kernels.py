@@ -23,6 +23,7 @@ from benchmarks.common import RESULTS, append_rows, measured_peaks, provenance  
 OPS = [
     "rms_norm",
     "swiglu",
+    "norm_linear",
     "rotary",
     "kv_store",
     "attention",

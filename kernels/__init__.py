@@ -16,6 +16,7 @@ from .attention import attention_ref
 from .decode_attention import decode_attention_ref
 from .greedy import greedy_ref
 from .kv_store import kv_store_ref
+from .norm_linear import norm_linear_ref
 from .patch_embed import patch_embed_ref
 from .pixel_shuffle import pixel_shuffle_ref
 from .repetition_penalty import repetition_penalty_ref
@@ -48,6 +49,7 @@ class Ops:
     repetition_penalty: Callable
     sample: Callable
     greedy: Callable
+    norm_linear: Callable = norm_linear_ref  # residual add + RMSNorm + projection (+ SwiGLU): fusable
     patch_weight_layout: Callable = _same  # (C, 3, p, p) weight -> the same values in the layout patch_embed reads best
     page_multiple: int = 1  # the KV page size must be a multiple of this
 
@@ -71,7 +73,7 @@ TORCH_OPS = Ops(
 _LAUNCHERS = {  # Ops field -> (module, Triton launcher name)
     "rms_norm": ("rms_norm", "rms_norm"),
     "rotary": ("rotary", "rotary"),
-    "attention": ("attention", "attention"),
+    "attention": ("attention_select", "attention_auto"),
     "decode_attention": ("decode_attention", "decode_attention"),
     "kv_store": ("kv_store", "kv_store"),
     "swiglu": ("swiglu", "swiglu"),
@@ -80,6 +82,7 @@ _LAUNCHERS = {  # Ops field -> (module, Triton launcher name)
     "repetition_penalty": ("repetition_penalty", "repetition_penalty"),
     "sample": ("sample", "sample"),
     "greedy": ("greedy", "greedy"),
+    "norm_linear": ("norm_linear", "norm_linear_auto"),
     "patch_weight_layout": ("patch_embed", "weight_layout"),
 }
 
@@ -142,6 +145,7 @@ __all__ = [
     "decode_attention_torch",
     "greedy_ref",
     "kv_store_ref",
+    "norm_linear_ref",
     "patch_embed_ref",
     "pixel_shuffle_ref",
     "repetition_penalty_ref",

@@ -58,6 +58,7 @@ def attention_ref(
     cos: torch.Tensor | None = None,
     sin: torch.Tensor | None = None,
     max_seqlen: int | None = None,  # a launch-size hint for the Triton kernel; not needed here
+    new_kv: tuple | None = None,  # this forward's (k, v) when one sequence starts at 0; the spec reads the cache
 ) -> torch.Tensor:
     if cos is not None:
         q = rotate_ref(q, cos, sin)
@@ -268,6 +269,7 @@ def attention(
     cos: torch.Tensor | None = None,
     sin: torch.Tensor | None = None,
     max_seqlen: int | None = None,
+    new_kv: tuple | None = None,
 ) -> torch.Tensor:
     """attention_ref's contract on the Triton FlashAttention-2 kernel (no host syncs; CUDA-graph capturable).
 

@@ -63,7 +63,7 @@ def decode_attention_flash(q, k_cache, v_cache, seq_lens, block_tables, scale=No
 
 
 def attention_flash(q, k_cache, v_cache, cu_seqlens, prefix_lens, block_tables, scale=None, cos=None, sin=None,
-                    max_seqlen=None):  # fmt: skip
+                    max_seqlen=None, new_kv=None):  # fmt: skip
     """attention's contract. q: (T, Hq, D) packed -> (T, Hq, D)."""
     _attention.check_args(q, k_cache, v_cache, cu_seqlens, prefix_lens, block_tables, cos, sin, max_seqlen)
     fa, (k_pages, v_pages) = flash_attn_module(), _pages(k_cache, v_cache)

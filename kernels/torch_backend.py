@@ -29,7 +29,7 @@ def _sdpa(q, k, v, mask=None, causal=False, scale=None) -> torch.Tensor:
 
 
 def attention_torch(q, k_cache, v_cache, cu_seqlens, prefix_lens, block_tables, scale=None, cos=None, sin=None,
-                    max_seqlen=None) -> torch.Tensor:  # fmt: skip
+                    max_seqlen=None, new_kv=None) -> torch.Tensor:  # fmt: skip
     """attention_ref's contract through torch's fused SDPA, one sequence at a time (reads lengths on the host)."""
     if cos is not None:
         q = rotate_ref(q, cos, sin)

@@ -70,6 +70,7 @@ class StackBatch:
     max_new: int  # longest sequence of this forward (launch-size hint, known on the host)
     max_kv: int  # most keys any sequence attends to (launch-size hint; a true bound)
     store: bool = True  # False: attend to the cache without writing this forward's keys (HD reference quirk)
+    fresh: bool = False  # one sequence from position 0: this forward's keys are all of its keys
 
 
 def prefill_batch(rope: Rope, pages: list[list[int]], starts: list[int], lens: list[int], rope_lens: list[int],
@@ -89,7 +90,7 @@ def prefill_batch(rope: Rope, pages: list[list[int]], starts: list[int], lens: l
         cos=cos, sin=sin, token_blocks=to(table[seq_of_token, positions // page].long()),
         token_offsets=to(positions % page), block_tables=to(table), cu_seqlens=to(cu),
         prefix_lens=to(torch.tensor(starts)), kv_lens=None, decode=False, max_new=max(lens),
-        max_kv=max(s + n for s, n in zip(starts, lens)),
+        max_kv=max(s + n for s, n in zip(starts, lens)), fresh=len(lens) == 1 and starts[0] == 0,
     )  # fmt: skip
 
 
@@ -116,23 +117,26 @@ class DecoderStack:
         self.q_size = cfg.num_heads * cfg.head_dim
         self.kv_size = cfg.num_kv_heads * cfg.head_dim
 
-    def forward(
-        self, x: torch.Tensor, batch: StackBatch, cache, final_norm: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """x: (T, C). Returns the residual stream after the last layer, or its RMSNorm with `final_norm`."""
+    def forward(self, x: torch.Tensor, batch: StackBatch, cache, final_norm: torch.Tensor | None = None,
+                head: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """x: (T, C). Returns the residual stream after the last layer; with `final_norm` its RMSNorm; with `head`
+        too, the logits (T, V) in the activation dtype. Each pre-norm goes with the projection after it (and the
+        SwiGLU after the gate/up projection) into ops.norm_linear, which backends may fuse."""
         eps, residual, h = self.cfg.rms_norm_eps, None, x
         for i, layer in enumerate(self.layers):
-            h, residual = self.ops.rms_norm(h, layer.attn_norm, eps, residual)
-            h = self._attention(h, i, layer, batch, cache)
-            h, residual = self.ops.rms_norm(h, layer.ffn_norm, eps, residual)
-            h = F.linear(self.ops.swiglu(F.linear(h, layer.w13)), layer.w2)
+            qkv, residual = self.ops.norm_linear(h, residual, layer.attn_norm, eps, layer.wqkv)
+            h = self._attention(qkv, i, layer, batch, cache)
+            act, residual = self.ops.norm_linear(h, residual, layer.ffn_norm, eps, layer.w13, True)
+            h = F.linear(act, layer.w2)
+        if head is not None:
+            return self.ops.norm_linear(h, residual, final_norm, eps, head)[0]
         if final_norm is not None:
             return self.ops.rms_norm(h, final_norm, eps, residual)[0]
         return residual + h
 
-    def _attention(self, h: torch.Tensor, i: int, layer: LayerWeights, b: StackBatch, cache) -> torch.Tensor:
-        t, d = h.shape[0], self.cfg.head_dim
-        qkv = F.linear(h, layer.wqkv)  # (T, (Hq + 2 Hkv) D)
+    def _attention(self, qkv: torch.Tensor, i: int, layer: LayerWeights, b: StackBatch, cache) -> torch.Tensor:
+        """qkv: (T, (Hq + 2 Hkv) D), the fused projection's output -> the attention block's output (T, C)."""
+        t, d = qkv.shape[0], self.cfg.head_dim
         q = qkv[:, : self.q_size].view(t, -1, d)  # (T, Hq, D), a strided view
         k = qkv[:, self.q_size : self.q_size + self.kv_size].view(t, -1, d)  # (T, Hkv, D)
         v = qkv[:, self.q_size + self.kv_size :].view(t, -1, d)  # (T, Hkv, D)
@@ -146,5 +150,5 @@ class DecoderStack:
             )
         else:
             o = self.ops.attention(q, k_cache, v_cache, b.cu_seqlens, b.prefix_lens, b.block_tables, cos=b.cos,
-                                   sin=b.sin, max_seqlen=b.max_new)  # fmt: skip
+                                   sin=b.sin, max_seqlen=b.max_new, new_kv=(k, v) if b.fresh else None)  # fmt: skip
         return F.linear(o.reshape(t, self.q_size), layer.wo)  # (T, Hq, D) -> (T, Hq D)

@@ -107,6 +107,9 @@ class HoVLEModel:
         return F.linear(hidden, self.head).float()
 
     def decode_step(self, tokens: torch.Tensor, emb: StackBatch, llm: StackBatch, emb_cache, llm_cache):
-        """One new token per sequence through both stacks, from device tensors only. tokens (B,) -> logits (B, V)."""
+        """One new token per sequence through both stacks, from device tensors only. tokens (B,) -> logits (B, V)
+        (the final norm and the output head go through ops.norm_linear together)."""
         h = self.emb_forward(self.embed(tokens), emb, emb_cache)
-        return self.logits(self.llm_forward(h, llm, llm_cache))
+        if self.cfg.normalize_encoder_output:
+            h = h / h.norm(dim=-1, keepdim=True)
+        return self.llm_stack.forward(h, llm, llm_cache, self.final_norm, self.head).float()

@@ -1,0 +1,48 @@
+"""norm_linear at the decode step's shapes: residual add + RMSNorm + projection (+ SwiGLU) as one Triton kernel,
+against the separate kernels (Triton rms_norm, cuBLAS linear, Triton swiglu), the torch reference composition and
+its torch.compile. M = 1, 8, 64 rows; the model's four projections that follow a norm (qkv, gate/up, the output
+head) at K = 2048. Device time from CUDA-graph replay (what the captured decode step pays). Bytes per call: the
+weight (the bulk), x, residual and outputs; GB/s and the fraction of the measured copy bandwidth from
+benchmarks.common.row. The engine picks fused or separate per shape by measuring both (kernels/autoselect.py);
+these rows show what it chooses between.
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+
+if __package__ in (None, ""):  # run as a script: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import append_rows, compiled, device_ms, row  # noqa: E402
+from kernels.norm_linear import _unfused, norm_linear, norm_linear_ref  # noqa: E402
+
+K = 2048
+SHAPES = [("qkv", 4096, False), ("gate_up+swiglu", 16384, True), ("head", 92553, False)]
+
+
+def run() -> list[dict]:
+    if not torch.cuda.is_available():
+        print("bench_norm_linear: no CUDA device, nothing to time", file=sys.stderr)
+        return []
+    rows, dtype = [], torch.bfloat16
+    providers = {"triton-fused": norm_linear, "separate": _unfused, "torch": norm_linear_ref,
+                 "torch_compile": compiled(norm_linear_ref)}  # fmt: skip
+    for m in (1, 8, 64):
+        for name, n, swiglu in SHAPES:
+            x, res = (torch.randn(m, K, device="cuda", dtype=dtype) for _ in range(2))
+            nw = torch.ones(K, device="cuda", dtype=dtype)
+            w = torch.randn(n, K, device="cuda", dtype=dtype) / K**0.5
+            nbytes = (n * K + 4 * m * K + m * (n // 2 if swiglu else n)) * 2
+            for provider, fn in providers.items():
+                if fn is None:
+                    continue
+                ms, timing = device_ms(lambda fn=fn, x=x, res=res, nw=nw, w=w, s=swiglu: fn(x, res, nw, 1e-5, w, s))
+                rows.append(row("norm_linear", f"{name} M={m} N={n} K={K}", dtype, provider, ms, nbytes=nbytes,
+                                timing=timing))  # fmt: skip
+            del w
+    return rows
+
+
+if __name__ == "__main__":
+    append_rows(run())

@@ -1,0 +1,74 @@
+"""The fastest of equivalent implementations, measured on the device once per shape bucket and kept.
+
+Some choices cannot be made from first principles: whether a fused Triton kernel beats cuBLAS plus separate small
+kernels at a given decode shape, or which attention backend wins at a given prefill length, depends on the GPU and
+the library versions. A `Choice` times each candidate on its first call with a new key (CUDA events, median of a
+few runs, after a warm-up call that compiles and autotunes), keeps the fastest for that key, and afterwards calls it
+directly. Candidates that raise are left out. It never measures where it cannot (the CPU, inside a CUDA-graph
+capture): there the first candidate runs, and a key first seen during a capture keeps that choice. HOVLE_CHOOSE_
+<NAME>=<candidate> forces one (tests, benchmarks). `log` holds every measurement.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from collections.abc import Callable, Hashable
+
+import torch
+
+
+def cuda_timer(fn: Callable[[], object], reps: int = 7) -> float:
+    """Median milliseconds of fn() between CUDA events (fn already warmed up)."""
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+class Choice:
+    def __init__(self, name: str, candidates: dict[str, Callable], timer: Callable | None = None):
+        self.name, self.candidates = name, candidates
+        self.timer = timer or cuda_timer
+        self.chosen: dict[Hashable, str] = {}
+        self.log: dict[Hashable, dict[str, float]] = {}
+        self.calls = dict.fromkeys(candidates, 0)  # which implementation actually ran, how often
+
+    def forced(self) -> str | None:
+        name = os.environ.get(f"HOVLE_CHOOSE_{self.name.upper()}")
+        if name is not None and name not in self.candidates:
+            raise ValueError(f"HOVLE_CHOOSE_{self.name.upper()}={name!r}; expected one of {sorted(self.candidates)}")
+        return name
+
+    def pick(self, key: Hashable, args: tuple, kwargs: dict, measurable: bool) -> str:
+        forced = self.forced()
+        if forced is not None:
+            return forced
+        if key in self.chosen:
+            return self.chosen[key]
+        first = next(iter(self.candidates))
+        if not measurable:
+            return first
+        times = {}
+        for name, fn in self.candidates.items():
+            try:
+                fn(*args, **kwargs)  # compile and autotune outside the timing
+                times[name] = self.timer(lambda fn=fn: fn(*args, **kwargs))
+            except Exception:  # noqa: BLE001 - a candidate that cannot run this shape is not a choice
+                continue
+        self.log[key] = times
+        self.chosen[key] = min(times, key=times.get) if times else first
+        return self.chosen[key]
+
+    def __call__(self, key: Hashable, *args, **kwargs):
+        measurable = torch.cuda.is_available() and not torch.cuda.is_current_stream_capturing()
+        device_args = [a for a in args if isinstance(a, torch.Tensor)]
+        measurable = measurable and bool(device_args) and device_args[0].device.type == "cuda"
+        name = self.pick(key, args, kwargs, measurable)
+        self.calls[name] += 1
+        return self.candidates[name](*args, **kwargs)
