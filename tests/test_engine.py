@@ -217,6 +217,11 @@ def test_invalid_tile_budget_raises(engine, max_num):
         engine.generate("Describe.", noise_image(60, 60, 1), max_num=max_num)
 
 
+def test_a_bad_image_is_named_by_its_place(engine):
+    with pytest.raises(ValueError, match="image 1: .*dtype float64"):
+        engine.generate("<image><image> compare", [noise_image(30, 30, 1), __import__("numpy").ones((8, 8))])
+
+
 def test_image_placeholder_count_mismatch(engine):
     with pytest.raises(InputError, match="2 <image> placeholders but 1 images"):
         engine.generate("<image> and <image>", noise_image(60, 60, 1))

@@ -1,4 +1,4 @@
-"""Tests for engine/image.py, in order: tiling decisions, bit-exact pixels, modes, input kinds, bad inputs."""
+"""Tests for engine/loaders/image.py, in order: tiling decisions, bit-exact pixels, modes, input kinds, bad inputs."""
 
 import io
 import struct
@@ -11,7 +11,8 @@ import torch
 from PIL import Image, ImageFile
 
 from engine.errors import ImageError
-from engine.loaders.image import choose_grid, load_image, preprocess, preprocess_many, tile_image, to_pixel_values
+from engine.loaders.image import choose_grid, load_image, preprocess
+from kernels.preprocess import preprocess_tiles_ref
 
 S = 448
 MEAN = (0.485, 0.456, 0.406)
@@ -149,15 +150,12 @@ def test_no_thumbnail_and_not_dynamic():
     assert torch.equal(single.pixel_values, reference_pixels(img, 1))
 
 
-def test_tile_image_and_to_pixel_values():
+def test_the_tile_spec_is_the_independent_pixels():
+    """kernels.preprocess.preprocess_tiles_ref (the one spec both paths follow) against this file's own PIL + torch
+    computation."""
     img = Image.fromarray(noise_rgb(300, 200, seed=9))
-    tiles = tile_image(img, min_num=1, max_num=6, image_size=56, use_thumbnail=True)
-    assert [t.size for t in tiles] == [(56, 56)] * len(tiles)
-    assert torch.equal(to_pixel_values(tiles), reference_pixels(img, 6, size=56))
-    with pytest.raises(ImageError, match="mode 'RGB'"):
-        tile_image(img.convert("L"), min_num=1, max_num=6, image_size=56, use_thumbnail=True)
-    with pytest.raises(ImageError, match="at least one tile"):
-        to_pixel_values([])
+    grid = choose_grid(300, 200, min_num=1, max_num=6, image_size=56)
+    assert torch.equal(preprocess_tiles_ref(np.asarray(img), grid, 56, True), reference_pixels(img, 6, size=56))
 
 
 def test_example_image():
@@ -228,9 +226,8 @@ def test_input_kinds_identical(tmp_path):
     ref = reference_pixels(Image.fromarray(arr), 12)
     for src in srcs:
         assert torch.equal(preprocess(src).pixel_values, ref), type(src)
-    assert [o.size for o in preprocess_many(srcs[:3])] == [(301, 203)] * 3
-    with pytest.raises(ImageError, match="image 1: .*dtype float64"):
-        preprocess_many([arr, np.ones((8, 8))])
+    with pytest.raises(ImageError, match="dtype float64"):
+        preprocess(np.ones((8, 8)))
 
 
 def test_grey_and_alpha_layouts(tmp_path):

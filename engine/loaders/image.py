@@ -5,12 +5,12 @@ torchvision `Resize((448, 448)) + ToTensor + Normalize`, without depending on to
 
     load_image   any supported source -> PIL RGB image (W, H)
     choose_grid  (W, H) -> (cols, rows), the reference aspect-ratio scan
-    tile_image   resize to (S*cols, S*rows) with PIL bicubic, cut cols*rows SxS tiles row-major, + thumbnail
-    to_pixel_values  tiles -> (n, 3, S, S) float32, ((x / 255) - mean) / std per channel
-    preprocess   all of the above -> ImageInput
+    preprocess   both, then the tiles: resize to (S*cols, S*rows) with PIL bicubic, cols*rows SxS tiles row-major,
+                 + the thumbnail, -> (n, 3, S, S) float32, ((x / 255) - mean) / std per channel -> ImageInput
 
-preprocess(..., preprocess="auto") runs the last three steps as one native C++ pass instead
-(kernels.preprocess.preprocess_tiles), bit-identical to PIL; the tiling decision stays here in Python.
+The tiles have one specification, kernels.preprocess.preprocess_tiles_ref (PIL + torch), which the Python path
+runs; preprocess="auto" runs the same step as one native C++ pass instead (kernels.preprocess.preprocess_tiles),
+bit-identical to it (tests/test_native_preprocess.py); the tiling decision stays here in Python.
 
 EXIF orientation is deliberately NOT applied: the reference does not call ImageOps.exif_transpose, so a rotated
 phone photo must reach the model exactly as the reference feeds it.
@@ -33,14 +33,11 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 from engine.errors import ImageError
 from engine.loaders.image_input import check_max_pixels, check_size, from_array, from_tensor, rgb_array
-from kernels.preprocess import native_problem, preprocess_tiles
+from kernels.preprocess import native_problem, preprocess_tiles, preprocess_tiles_ref
 
 # Pillow's default warning threshold (Image.MAX_IMAGE_PIXELS): larger images are almost always decompression
 # bombs, or scans that tile to the same 12 tiles as a smaller copy would.
 DEFAULT_MAX_PIXELS = 89_478_485
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-_BICUBIC = Image.Resampling.BICUBIC  # the reference calls resize() without a filter, which means BICUBIC for RGB
 PREPROCESS_PATHS = ("auto", "python", "native")
 # Integer modes wider than 8 bits. PIL's convert("RGB") clips them at 255, which turns any 16-bit photo
 # white; we keep the 8 most significant bits instead (value >> 8). "I" (int32) is how Pillow represents
@@ -200,57 +197,6 @@ def choose_grid(width: int, height: int, *, min_num: int, max_num: int, image_si
     return best
 
 
-def _cut_tiles(img: Image.Image, grid: tuple[int, int], image_size: int, use_thumbnail: bool) -> list[Image.Image]:
-    cols, rows = grid
-    resized = img.resize((image_size * cols, image_size * rows), _BICUBIC)
-    tiles = []
-    for k in range(cols * rows):
-        x, y = (k % cols) * image_size, (k // cols) * image_size
-        tiles.append(resized.crop((x, y, x + image_size, y + image_size)))
-    if use_thumbnail and cols * rows != 1:
-        tiles.append(img.resize((image_size, image_size), _BICUBIC))
-    return tiles
-
-
-def _require_rgb(img, what: str) -> None:
-    if not isinstance(img, Image.Image) or img.mode != "RGB":
-        got = f"mode {img.mode!r}" if isinstance(img, Image.Image) else type(img).__name__
-        raise ImageError(f"{what} must be a PIL image in mode 'RGB' (use load_image), got {got}")
-
-
-def tile_image(
-    img: Image.Image, *, min_num: int, max_num: int, image_size: int, use_thumbnail: bool
-) -> list[Image.Image]:
-    """Cut an RGB image into the reference's dynamic tiles (row-major), plus a thumbnail when there are 2+."""
-    _require_rgb(img, "tile_image input")
-    grid = choose_grid(img.width, img.height, min_num=min_num, max_num=max_num, image_size=image_size)
-    return _cut_tiles(img, grid, image_size, use_thumbnail)
-
-
-# ----------------------------------------------------------------------------------------------- tensors
-
-
-def to_pixel_values(tiles: list[Image.Image]) -> torch.Tensor:
-    """Stack equally sized RGB tiles into normalised float32 pixels of shape (n, 3, S, S).
-
-    Same op sequence as torchvision ToTensor + Normalize (uint8 -> float32, div 255, sub mean, div std, all
-    float32 on the CPU); these are elementwise IEEE ops, so batching the tiles changes no bit.
-    """
-    if len(tiles) == 0:
-        raise ImageError("to_pixel_values needs at least one tile, got none")
-    for k, tile in enumerate(tiles):
-        _require_rgb(tile, f"tile {k}")
-        if tile.size != tiles[0].size:
-            raise ImageError(
-                f"tile {k} is {tile.size[0]}x{tile.size[1]}, expected {tiles[0].size[0]}x{tiles[0].size[1]} like tile 0"
-            )
-    hwc = torch.from_numpy(np.stack([np.asarray(t) for t in tiles]))  # (n, S, S, 3) uint8
-    chw = hwc.permute(0, 3, 1, 2).contiguous()  # (n, S, S, 3) -> (n, 3, S, S)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)  # (3,) -> (3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)  # (3,) -> (3, 1, 1)
-    return chw.to(torch.float32).div(255).sub_(mean).div_(std)
-
-
 def preprocess(
     src,
     *,
@@ -278,9 +224,10 @@ def preprocess(
         return ImageInput(pixel_values, grid, pixel_values.shape[0], size, "native-cpu", key)
     img = load_image(src, max_pixels=max_pixels)
     grid = _grid(img.size, dynamic, min_num, max_num, image_size)
-    pixel_values = to_pixel_values(_cut_tiles(img, grid, image_size, use_thumbnail))
-    key = content_key(np.asarray(img), grid, image_size, use_thumbnail)
-    return ImageInput(pixel_values, grid, pixel_values.shape[0], img.size, "python", key)
+    rgb = np.asarray(img)  # (H, W, 3) uint8
+    pixel_values = preprocess_tiles_ref(rgb, grid, image_size, use_thumbnail)
+    return ImageInput(pixel_values, grid, pixel_values.shape[0], img.size, "python",
+                      content_key(rgb, grid, image_size, use_thumbnail))  # fmt: skip
 
 
 def _grid(size: tuple[int, int], dynamic: bool, min_num: int, max_num: int, image_size: int) -> tuple[int, int]:
@@ -298,14 +245,3 @@ def _native_path(mode: str) -> bool:
     if mode == "native" and problem is not None:
         raise ImageError(f"preprocess='native' is unavailable: {problem}")
     return problem is None
-
-
-def preprocess_many(images, **kwargs) -> list[ImageInput]:
-    """preprocess() each image in order; an error names the index of the image that caused it."""
-    out = []
-    for k, src in enumerate(images):
-        try:
-            out.append(preprocess(src, **kwargs))
-        except ImageError as e:
-            raise ImageError(f"image {k}: {e}") from e
-    return out
