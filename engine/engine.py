@@ -21,52 +21,20 @@ import torch
 
 from kernels import get_ops
 
-from .errors import InputError, TokenizerError
+from .errors import InputError
 from .generation import GenerationResult, SamplingParams, Timings
 from .loaders.config import HoVLEConfig
 from .loaders.image import PREPROCESS_PATHS
 from .loaders.tokenizer import Tokenizer
 from .loaders.weights import load_weights
 from .model.model import HD_DECODE_MODES, HoVLEModel
+from .options import IDLE_CHUNK, check_tokenizer, positive_int, resolve_device_dtype
 from .prompt import get_template, split_images
 from .request import MAX_TILES_CAP, Request, RequestBuilder
 from .runtime.runner import ModelRunner
 from .runtime.scheduler import Scheduler
 from .runtime.sequence import Sequence
 from .runtime.sizing import Sizing
-
-IDLE_CHUNK = 16384  # prefill positions per forward while nothing decodes (unless prefill_chunk is set)
-_DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16,
-}  # fmt: skip
-
-
-def resolve_device_dtype(device: Any, dtype: Any) -> tuple[torch.device, torch.dtype]:
-    try:
-        device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-    except (RuntimeError, TypeError) as exc:
-        raise InputError(f"device {device!r} is not a device torch knows; expected cpu, cuda or cuda:N") from exc
-    if device.type not in ("cpu", "cuda"):
-        raise InputError(f"device {device} is not supported; expected cpu, cuda or cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device} was asked for but torch sees no CUDA device")
-    if dtype is None:
-        return device, (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    if isinstance(dtype, str):
-        if dtype not in _DTYPES:
-            raise InputError(f"dtype {dtype!r} is not supported; choose one of {sorted(_DTYPES)}")
-        dtype = _DTYPES[dtype]
-    if dtype not in _DTYPES.values():
-        raise InputError(f"dtype {dtype} is not supported; expected float32, bfloat16 or float16")
-    return device, dtype
-
-
-def _positive_int(name: str, value, allow_none: bool = True) -> None:
-    if value is None and allow_none:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise InputError(f"{name} = {value!r}; expected a positive integer{' or None' if allow_none else ''}")
 
 
 class Stream:
@@ -129,7 +97,7 @@ class Engine:
         for name, value in (("max_context", max_context), ("max_batch", max_batch), ("max_queue", max_queue),
                             ("max_tiles", max_tiles), ("kv_cache_memory", kv_cache_memory),
                             ("kv_page_size", kv_page_size), ("prefill_chunk", prefill_chunk)):  # fmt: skip
-            _positive_int(name, value)
+            positive_int(name, value)
         if max_tiles is not None and max_tiles > MAX_TILES_CAP:
             raise InputError(f"max_tiles = {max_tiles}; the hard cap is {MAX_TILES_CAP} tiles per image")
         if max_context is not None and max_context < 2:
@@ -141,7 +109,7 @@ class Engine:
         cfg = HoVLEConfig.from_dir(path)
         tokenizer = Tokenizer.from_dir(path)
         template = get_template(cfg.template)
-        _check_tokenizer(cfg, tokenizer, template)
+        check_tokenizer(cfg, tokenizer, template)
         model = HoVLEModel(cfg, load_weights(path, cfg, dtype=dtype, device=device, progress=progress), ops)
         sizing = Sizing(cfg, model, ops, max_context, max_batch, kv_cache_memory, kv_page_size, hd_decode)
         runner = ModelRunner(model, max_batch=sizing.max_batch, num_pages=sizing.num_pages, page=sizing.page,
@@ -291,15 +259,3 @@ def result_of(seq: Sequence, start: float) -> GenerationResult:
                      seq.t_done - start)  # fmt: skip
     return GenerationResult(seq.text.final_text(), seq.text.ids, len(req.ids_llm), seq.finish_reason, req.tiles,
                             timing, seq.reused[1])  # fmt: skip
-
-
-def _check_tokenizer(cfg: HoVLEConfig, tok: Tokenizer, template) -> None:
-    if tok.img_context_id != cfg.embedding.img_context_token_id:
-        raise TokenizerError(
-            f"tokenizer files give <IMG_CONTEXT> id {tok.img_context_id} but config.json says "
-            f"img_context_token_id {cfg.embedding.img_context_token_id}"
-        )
-    if tok.vocab_size > cfg.llm.vocab_size:
-        raise TokenizerError(f"tokenizer has {tok.vocab_size} ids but the model's vocabulary is {cfg.llm.vocab_size}")
-    for token in (template.start, template.sep):
-        tok.token_id(token)  # raises TokenizerError naming the missing control token

@@ -27,3 +27,15 @@ class ImageError(HoVLEError, ValueError):
 
 class InputError(HoVLEError, ValueError):
     """A request is invalid: prompt too long, image/placeholder mismatch, bad sampling parameters."""
+
+
+class Overloaded(HoVLEError):
+    """The engine's waiting queue is full (an HTTP server answers 503)."""
+
+
+class EngineClosed(HoVLEError):
+    """The engine was closed before the request finished."""
+
+
+class NumericsError(HoVLEError, ArithmeticError):
+    """The model produced non-finite logits (a numerical blow-up, not a bad request)."""

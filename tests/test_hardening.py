@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from engine import Engine, HoVLEError, InputError, WeightsError
-from engine.runtime.scheduler import NumericsError
+from engine.errors import NumericsError
 from tests.ckpt import make_checkpoint, noise_image
 
 

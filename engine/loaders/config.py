@@ -19,6 +19,19 @@ from ..errors import ConfigError
 SUPPORTED_TEMPLATES = ("internlm2-chat",)
 
 
+def read_json(file: Path, error: type[Exception]) -> dict:
+    """A checkpoint's JSON file as an object; `error` (naming the file) if unreadable, invalid or not an object."""
+    try:
+        raw = json.loads(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise error(f"{file}: cannot be read ({exc.strerror or exc})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"{file}: not valid JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise error(f"{file}: expected a JSON object, got {type(raw).__name__}")
+    return raw
+
+
 @dataclass(frozen=True)
 class RopeConfig:
     """Rotary embedding of one stack: rotate-half RoPE with optional linear or dynamic-NTK scaling."""
@@ -120,13 +133,7 @@ class HoVLEConfig:
         file = Path(path) / "config.json"
         if not file.is_file():
             raise ConfigError(f"{file}: not found; expected the checkpoint's config.json")
-        try:
-            raw = json.loads(file.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"{file}: cannot be read ({exc.strerror or exc})") from None
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"{file}: not valid JSON ({exc})") from None
-        return cls.from_dict(raw, source=str(file))
+        return cls.from_dict(read_json(file, ConfigError), source=str(file))
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "config.json") -> HoVLEConfig:

@@ -8,7 +8,6 @@ vocabulary and the small ones written by `engine.tooling.tokenizer_trainer` (tes
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from engine.errors import InputError, TokenizerError
+from engine.loaders.config import read_json
 
 TOKENIZER_FILES = ("tokenizer.model", "added_tokens.json", "tokenizer_config.json", "special_tokens_map.json")
 IMAGE_PLACEHOLDER = "<image>"
@@ -27,16 +27,6 @@ ADDED_TOKENS = (IMG_START, IMG_END, IMG_CONTEXT, "<quad>", "</quad>", "<ref>", "
 # HF's clean_up_tokenization, which InternLM2Tokenizer runs on every decode, in its order: " X" -> "X" for each
 # X, except " ' " -> "'".
 _CLEANUPS = (".", "?", "!", ",", "' ", "n't", "'m", "'s", "'ve", "'re")
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TokenizerError(f"{path}: cannot read tokenizer file as JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise TokenizerError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
 
 
 def _load_sp(path: Path) -> spm.SentencePieceProcessor:
@@ -84,15 +74,16 @@ class Tokenizer:
             raise TokenizerError(f"{root}: missing tokenizer file(s): {', '.join(missing)}")
         self._sp = _load_sp(root / "tokenizer.model")
         self.sp_size = self._sp.get_piece_size()
-        self._added = _check_added(root / "added_tokens.json", _read_json(root / "added_tokens.json"), self._sp)
+        added = read_json(root / "added_tokens.json", TokenizerError)
+        self._added = _check_added(root / "added_tokens.json", added, self._sp)
         self._id_to_added = {idx: token for token, idx in self._added.items()}
         self.vocab_size = self.sp_size + len(self._added)
         self.clean_up_spaces = clean_up_spaces
-        config = _read_json(root / "tokenizer_config.json")
+        config = read_json(root / "tokenizer_config.json", TokenizerError)
         self.add_bos_token = bool(config.get("add_bos_token", True))
         self.add_eos_token = bool(config.get("add_eos_token", False))
         self._check_decoder(config.get("added_tokens_decoder", {}))
-        self._resolve_specials(config, _read_json(root / "special_tokens_map.json"))
+        self._resolve_specials(config, read_json(root / "special_tokens_map.json", TokenizerError))
 
     @classmethod
     def from_dir(cls, path: str | os.PathLike, clean_up_spaces: bool = True) -> Tokenizer:

@@ -19,7 +19,7 @@ from safetensors import safe_open
 
 from ..errors import WeightsError
 from ..progress import ProgressBar
-from .config import HoVLEConfig, StackConfig
+from .config import HoVLEConfig, StackConfig, read_json
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -91,13 +91,7 @@ def expected_tensors(cfg: HoVLEConfig) -> dict[str, tuple[int, ...]]:
 
 def _read_index(index: Path) -> dict[str, Path]:
     """weight_map of the index as tensor name -> shard path; every named shard must exist."""
-    try:
-        raw = json.loads(index.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise WeightsError(f"{index}: cannot be read ({exc.strerror or exc})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WeightsError(f"{index}: not valid JSON ({exc})") from None
-    weight_map = raw.get("weight_map") if isinstance(raw, dict) else None
+    weight_map = read_json(index, WeightsError).get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise WeightsError(f"{index}: expected an object with a non-empty 'weight_map' of tensor name -> file")
     out = {}
@@ -200,8 +194,7 @@ def _check_index(found: dict[str, TensorInfo], weight_map: dict[str, Path], inde
 
 
 def _listing(items: list[str]) -> str:
-    more = f" ... and {len(items) - _SHOWN} more" if len(items) > _SHOWN else ""
-    return "; ".join(items[:_SHOWN]) + more
+    return "; ".join(items[:_SHOWN]) + (f" ... and {len(items) - _SHOWN} more" if len(items) > _SHOWN else "")
 
 
 def _check_names(found: dict[str, TensorInfo], expected: dict[str, tuple[int, ...]], files: list[Path]) -> None:
@@ -253,9 +246,9 @@ def _load_file(file: Path, infos: list[TensorInfo], out: dict, dtype, device, ba
                 out[info.name] = _finite(info, _to_target(f.get_tensor(info.name), dtype, device), dtype)
                 if bar is not None:
                     bar.update(info.nbytes)
-    except WeightsError:
-        raise
     except Exception as exc:
+        if isinstance(exc, WeightsError):
+            raise
         what = f"reading tensor {current!r}" if current else "opening the file"
         raise WeightsError(f"{file}: {what} failed: {type(exc).__name__}: {exc}") from exc
 
@@ -263,9 +256,8 @@ def _load_file(file: Path, infos: list[TensorInfo], out: dict, dtype, device, ba
 def _finite(info: TensorInfo, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A weight with NaN or inf would turn every answer into garbage (or id 0): refused at load, by name."""
     if not bool(torch.isfinite(t).all()):
-        bad = int((~torch.isfinite(t)).sum())
-        raise WeightsError(f"tensor {info.name!r} in {info.file}: {bad} of {t.numel()} values are NaN or inf "
-                           f"(in the file, or out of {dtype}'s range after the cast)")  # fmt: skip
+        raise WeightsError(f"tensor {info.name!r} in {info.file}: {int((~torch.isfinite(t)).sum())} of {t.numel()} "
+                           f"values are NaN or inf (in the file, or out of {dtype}'s range after the cast)")
     return t
 
 

@@ -21,25 +21,13 @@ from collections import deque
 
 import torch
 
-from ..errors import HoVLEError, InputError
+from ..errors import EngineClosed, InputError, NumericsError, Overloaded
 from ..generation import SequenceText
 from .blocks import OutOfPages
 from .pages import PageManager
 from .runner import ModelRunner, PrefillWork
 from .sequence import Sequence, Status
 from .stats import Stats
-
-
-class Overloaded(HoVLEError):
-    """The waiting queue is full."""
-
-
-class EngineClosed(HoVLEError):
-    """The engine was closed."""
-
-
-class NumericsError(HoVLEError, ArithmeticError):
-    """The model produced non-finite logits."""
 
 
 class Scheduler:

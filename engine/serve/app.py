@@ -25,9 +25,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from ..engine import Engine
-from ..errors import HoVLEError
+from ..errors import EngineClosed, HoVLEError, Overloaded
 from ..generation import SamplingParams
-from ..runtime.scheduler import EngineClosed, Overloaded
 from .metrics import EngineCollector
 from .protocol import ApiError, ChatRequest, input_error, to_engine
 
