@@ -20,7 +20,7 @@ import torch
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import append_rows, bench_ms, compiled, paged, row  # noqa: E402
+from benchmarks.common import append_rows, attention_inputs, bench_ms, compiled, no_gpu, row  # noqa: E402
 from kernels.attention import attention, attention_ref  # noqa: E402
 from kernels.torch_backend import attention_torch  # noqa: E402
 
@@ -32,12 +32,7 @@ def _inputs(b: int, s: int, dtype: torch.dtype) -> dict:
     """Dense (B, Hkv, S, D) k/v for the SDPA and flash-attn providers; the same values in the engine's shuffled
     pages for ours (k_pages, v_pages, page tables)."""
     t = b * s
-    qkv = torch.randn(t, (HQ + 2 * HKV) * D, device="cuda", dtype=dtype)
-    q = qkv[:, : HQ * D].view(t, HQ, D)  # (T, Hq, D), a strided view as the engine passes it
-    k_cache = torch.randn(b, HKV, s, D, device="cuda", dtype=dtype)
-    v_cache = torch.randn_like(k_cache)
-    k_pages, tables = paged(k_cache, PAGE)
-    v_pages, _ = paged(v_cache, PAGE)
+    q, (k_cache, v_cache), (k_pages, v_pages, tables) = attention_inputs(t, b, s, (HQ, HKV, D), PAGE, dtype)
     cu = torch.arange(0, t + 1, s, device="cuda", dtype=torch.int32)
     angles = torch.rand(t, D // 2, device="cuda") * 6.28
     cos, sin = torch.cat((angles, angles), -1).cos().to(dtype), torch.cat((angles, angles), -1).sin().to(dtype)
@@ -108,8 +103,7 @@ def _providers(x: dict, b: int, s: int) -> dict:
 
 
 def run() -> list[dict]:
-    if not torch.cuda.is_available():
-        print("bench_attention needs a CUDA GPU; skipped", file=sys.stderr)
+    if no_gpu("bench_attention"):
         return []
     rows, dtype = [], torch.bfloat16
     for b, s in SHAPES:

@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from benchmarks.common import append_rows, compiled, device_ms, paged, row
+from benchmarks.common import append_rows, attention_inputs, compiled, device_ms, no_gpu, paged, row
 from kernels.decode_attention import (
     _decode_attention_kernel,
     _num_splits,
@@ -59,12 +59,8 @@ def _flash_attn(q, dense_k, dense_v, seq_lens, expected):
 
 def _inputs(batch: int, ctx: int, dtype: torch.dtype):
     """(q, k_pages, v_pages, seq_lens, tables) plus the dense caches the library providers read."""
-    qkv = torch.randn(batch, (HQ + 2 * HKV) * D, device="cuda", dtype=dtype)
-    q = qkv[:, : HQ * D].view(batch, HQ, D)  # (B, Hq, D), a strided view as the engine passes it
-    dense_k = torch.randn(batch, HKV, ctx, D, device="cuda", dtype=dtype)
-    dense_v = torch.randn_like(dense_k)
-    k_pages, tables = paged(dense_k, PAGE)
-    v_pages, _ = paged(dense_v, PAGE)
+    heads = (HQ, HKV, D)
+    q, (dense_k, dense_v), (k_pages, v_pages, tables) = attention_inputs(batch, batch, ctx, heads, PAGE, dtype)
     seq_lens = torch.full((batch,), ctx, dtype=torch.int32, device="cuda")
     return (q, k_pages, v_pages, seq_lens, tables), (dense_k, dense_v)
 
@@ -111,8 +107,7 @@ def _bench_shape(batch: int, ctx: int, dtype: torch.dtype) -> list[dict]:
 
 
 def run() -> list[dict]:
-    if not torch.cuda.is_available():
-        print("bench_decode_attention: no CUDA device, nothing to time", file=sys.stderr)
+    if no_gpu("bench_decode_attention"):
         return []
     torch.manual_seed(0)
     rows = []

@@ -11,7 +11,7 @@ import torch
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import append_rows, compiled, device_ms, row  # noqa: E402
+from benchmarks.common import append_rows, compiled, no_gpu, time_providers  # noqa: E402
 from kernels.kv_store import kv_store, kv_store_ref  # noqa: E402
 
 HQ, HKV, D, PAGE, N_PAGES = 16, 8, 128, 64, 4608
@@ -36,8 +36,7 @@ def case(name: str, dtype: torch.dtype):
 
 
 def run() -> list[dict]:
-    if not torch.cuda.is_available():
-        print("bench_kv_store: no CUDA device, nothing to time", file=sys.stderr)
+    if no_gpu("bench_kv_store"):
         return []
     rows, dtype = [], torch.bfloat16
     providers = {"triton": kv_store, "torch_unfused": kv_store_ref, "torch_compile": compiled(kv_store_ref)}
@@ -45,12 +44,8 @@ def run() -> list[dict]:
         args = case(name, dtype)
         t = args[0].shape[0]
         nbytes = (4 * HKV * D + 2 * D) * t * args[0].element_size() + 2 * t * 8
-        for provider, fn in providers.items():
-            if fn is None:
-                continue
-            ms, timing = device_ms(lambda fn=fn, args=args: fn(*args))
-            shape = f"{name} T={t} Hkv={HKV} D={D} page={PAGE} rotate"
-            rows.append(row("kv_store", shape, dtype, provider, ms, nbytes=nbytes, timing=timing))
+        shape = f"{name} T={t} Hkv={HKV} D={D} page={PAGE} rotate"
+        rows += time_providers("kv_store", shape, dtype, providers, args, nbytes=nbytes)
     return rows
 
 

@@ -14,7 +14,7 @@ import torch
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import append_rows, compiled, device_ms, row  # noqa: E402
+from benchmarks.common import append_rows, compiled, no_gpu, time_providers  # noqa: E402
 from kernels.norm_linear import _unfused, norm_linear, norm_linear_ref  # noqa: E402
 
 K = 2048
@@ -22,8 +22,7 @@ SHAPES = [("qkv", 4096, False), ("gate_up+swiglu", 16384, True), ("head", 92553,
 
 
 def run() -> list[dict]:
-    if not torch.cuda.is_available():
-        print("bench_norm_linear: no CUDA device, nothing to time", file=sys.stderr)
+    if no_gpu("bench_norm_linear"):
         return []
     rows, dtype = [], torch.bfloat16
     providers = {"triton-fused": norm_linear, "separate": _unfused, "torch": norm_linear_ref,
@@ -34,12 +33,8 @@ def run() -> list[dict]:
             nw = torch.ones(K, device="cuda", dtype=dtype)
             w = torch.randn(n, K, device="cuda", dtype=dtype) / K**0.5
             nbytes = (n * K + 4 * m * K + m * (n // 2 if swiglu else n)) * 2
-            for provider, fn in providers.items():
-                if fn is None:
-                    continue
-                ms, timing = device_ms(lambda fn=fn, x=x, res=res, nw=nw, w=w, s=swiglu: fn(x, res, nw, 1e-5, w, s))
-                rows.append(row("norm_linear", f"{name} M={m} N={n} K={K}", dtype, provider, ms, nbytes=nbytes,
-                                timing=timing))  # fmt: skip
+            rows += time_providers("norm_linear", f"{name} M={m} N={n} K={K}", dtype, providers,
+                                   (x, res, nw, 1e-5, w, swiglu), nbytes=nbytes)  # fmt: skip
             del w
     return rows
 

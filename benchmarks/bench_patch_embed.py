@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import append_rows, compiled, row, time_or_none  # noqa: E402
+from benchmarks.common import append_rows, compiled, no_gpu, time_providers  # noqa: E402
 from kernels.patch_embed import patch_embed, patch_embed_ref, weight_layout  # noqa: E402
 from kernels.pixel_shuffle import pixel_shuffle_ref  # noqa: E402
 
@@ -28,8 +28,7 @@ def torch_unfused(pixels, weight, bias, pos):
 
 
 def run() -> list[dict]:
-    if not torch.cuda.is_available():
-        print("bench_patch_embed: no CUDA device, nothing to time", file=sys.stderr)
+    if no_gpu("bench_patch_embed"):
         return []
     rows, dtype = [], torch.bfloat16
     shuffled_ref = compiled(lambda px, w, b, pos: patch_embed_ref(px, w, b, pos, shuffle=True))
@@ -46,10 +45,7 @@ def run() -> list[dict]:
             "torch_compile": (shuffled_ref, (pixels, weight, bias, pos)),
         }
         flops = 2 * n * (SIDE // PATCH) ** 2 * 3 * PATCH * PATCH * C
-        for name, (fn, args) in providers.items():
-            ms = time_or_none(fn, args)
-            if ms is not None:
-                rows.append(row("patch_embed", f"N={n} S={SIDE} C={C} shuffle", dtype, name, ms, flops=flops))
+        rows += time_providers("patch_embed", f"N={n} S={SIDE} C={C} shuffle", dtype, providers, (), flops=flops)
     return rows
 
 

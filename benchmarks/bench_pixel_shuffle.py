@@ -11,7 +11,7 @@ import torch
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import append_rows, compiled, row, time_or_none  # noqa: E402
+from benchmarks.common import append_rows, compiled, no_gpu, time_providers  # noqa: E402
 from kernels.pixel_shuffle import pixel_shuffle, pixel_shuffle_ref  # noqa: E402
 
 GRID, HIDDEN = 32, 2048  # 448 px tiles of 14 px patches; the embedding width
@@ -19,18 +19,15 @@ TILES = [1, 13]  # one tile; 12 tiles + thumbnail (max_num=12)
 
 
 def run() -> list[dict]:
-    if not torch.cuda.is_available():
-        print("bench_pixel_shuffle: no CUDA device, nothing to time", file=sys.stderr)
+    if no_gpu("bench_pixel_shuffle"):
         return []
     rows, dtype = [], torch.bfloat16
     providers = {"triton": pixel_shuffle, "torch": pixel_shuffle_ref, "torch_compile": compiled(pixel_shuffle_ref)}
     for n in TILES:
         x = torch.randn(n, GRID * GRID, HIDDEN, device="cuda", dtype=dtype)
         nbytes = 2 * x.numel() * x.element_size()
-        for name, fn in providers.items():
-            ms = time_or_none(fn, (x, GRID))
-            if ms is not None:
-                rows.append(row("pixel_shuffle", f"N={n} P={GRID * GRID} C={HIDDEN}", dtype, name, ms, nbytes=nbytes))
+        shape = f"N={n} P={GRID * GRID} C={HIDDEN}"
+        rows += time_providers("pixel_shuffle", shape, dtype, providers, (x, GRID), nbytes=nbytes)
     return rows
 
 

@@ -10,7 +10,7 @@ import torch
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import append_rows, compiled, row, time_or_none  # noqa: E402
+from benchmarks.common import append_rows, compiled, no_gpu, time_providers  # noqa: E402
 from kernels.rms_norm import rms_norm, rms_norm_ref  # noqa: E402
 
 SHAPES = [(4096, 2048), (1, 2048), (16, 2048)]  # (T, C): prefill and decode batches at the model width
@@ -26,8 +26,7 @@ def unfused_hf(x, weight, eps, residual):
 
 
 def run() -> list[dict]:
-    if not torch.cuda.is_available():
-        print("bench_rms_norm: no CUDA device, nothing to time", file=sys.stderr)
+    if no_gpu("bench_rms_norm"):
         return []
     rows, dtype = [], torch.bfloat16
     providers = {"triton": rms_norm, "torch": rms_norm_ref, "torch_compile": compiled(rms_norm_ref),
@@ -36,10 +35,8 @@ def run() -> list[dict]:
         x, residual = (torch.randn(t, c, device="cuda", dtype=dtype) for _ in range(2))
         weight = torch.randn(c, device="cuda", dtype=dtype)
         nbytes = (4 * t * c + c) * x.element_size()
-        for name, fn in providers.items():
-            ms = time_or_none(fn, (x, weight, EPS, residual))
-            if ms is not None:
-                rows.append(row("rms_norm", f"T={t} C={c} residual", dtype, name, ms, nbytes=nbytes))
+        rows += time_providers("rms_norm", f"T={t} C={c} residual", dtype, providers, (x, weight, EPS, residual),
+                               nbytes=nbytes)  # fmt: skip
     return rows
 
 

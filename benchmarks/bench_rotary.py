@@ -10,15 +10,14 @@ import torch
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import append_rows, compiled, row, time_or_none  # noqa: E402
+from benchmarks.common import append_rows, compiled, no_gpu, time_providers  # noqa: E402
 from kernels.rotary import rotary, rotary_ref  # noqa: E402
 
 SHAPES = [(4096, 16, 8, 128), (64, 16, 8, 128)]  # (T, Hq, Hkv, D): a prefill batch and a decode batch of 64
 
 
 def run() -> list[dict]:
-    if not torch.cuda.is_available():
-        print("bench_rotary: no CUDA device, nothing to time", file=sys.stderr)
+    if no_gpu("bench_rotary"):
         return []
     rows, dtype = [], torch.bfloat16
     providers = {"triton": rotary, "torch": rotary_ref, "torch_compile": compiled(rotary_ref)}
@@ -29,10 +28,8 @@ def run() -> list[dict]:
         angles = torch.rand(t, d, device="cuda") * 100
         cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
         nbytes = (2 * (hq + hkv) * d + 2 * d) * t * qkv.element_size()
-        for name, fn in providers.items():
-            ms = time_or_none(fn, (q, k, cos, sin))
-            if ms is not None:
-                rows.append(row("rotary", f"T={t} Hq={hq} Hkv={hkv} D={d}", dtype, name, ms, nbytes=nbytes))
+        shape = f"T={t} Hq={hq} Hkv={hkv} D={d}"
+        rows += time_providers("rotary", shape, dtype, providers, (q, k, cos, sin), nbytes=nbytes)
     return rows
 
 

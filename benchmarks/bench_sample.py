@@ -13,7 +13,7 @@ import torch
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import append_rows, device_ms, row  # noqa: E402
+from benchmarks.common import append_rows, device_ms, no_gpu, row  # noqa: E402
 from kernels.greedy import greedy  # noqa: E402
 from kernels.repetition_penalty import repetition_penalty, repetition_penalty_ref  # noqa: E402
 from kernels.sample import sample, sample_ref  # noqa: E402
@@ -57,8 +57,7 @@ def providers(s: dict) -> dict:
 
 
 def run() -> list[dict]:
-    if not torch.cuda.is_available():
-        print("bench_sample: no CUDA device, nothing to time", file=sys.stderr)
+    if no_gpu("bench_sample"):
         return []
     rows = []
     for b in BATCHES:

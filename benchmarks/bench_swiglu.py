@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import append_rows, compiled, row, time_or_none  # noqa: E402
+from benchmarks.common import append_rows, compiled, no_gpu, time_providers  # noqa: E402
 from kernels.swiglu import swiglu, swiglu_ref  # noqa: E402
 
 SHAPES = [(4096, 8192), (1, 8192)]  # (T, I): a prefill batch and one decode token at the model's I
@@ -24,8 +24,7 @@ def unfused_hf(gate_up):
 
 
 def run() -> list[dict]:
-    if not torch.cuda.is_available():
-        print("bench_swiglu: no CUDA device, nothing to time", file=sys.stderr)
+    if no_gpu("bench_swiglu"):
         return []
     rows, dtype = [], torch.bfloat16
     providers = {"triton": swiglu, "torch": swiglu_ref, "torch_compile": compiled(swiglu_ref),
@@ -33,10 +32,7 @@ def run() -> list[dict]:
     for t, i in SHAPES:
         gate_up = torch.randn(t, 2 * i, device="cuda", dtype=dtype)
         nbytes = 3 * t * i * gate_up.element_size()
-        for name, fn in providers.items():
-            ms = time_or_none(fn, (gate_up,))
-            if ms is not None:
-                rows.append(row("swiglu", f"T={t} I={i}", dtype, name, ms, nbytes=nbytes))
+        rows += time_providers("swiglu", f"T={t} I={i}", dtype, providers, (gate_up,), nbytes=nbytes)
     return rows
 
 

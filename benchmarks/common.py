@@ -70,6 +70,45 @@ def device_ms(fn, rep: int = 100) -> tuple[float, str]:
         return bench_ms(fn), "eager"
 
 
+def no_gpu(name: str) -> bool:
+    """True, and says so, where there is no CUDA device: a kernel benchmark then returns no rows."""
+    if torch.cuda.is_available():
+        return False
+    print(f"{name}: no CUDA device, nothing to time", file=sys.stderr)
+    return True
+
+
+def time_providers(op: str, shape: str, dtype, providers: dict, args: tuple, **row_extra) -> list[dict]:
+    """One row per provider (name -> fn, or name -> (fn, args of its own)) that runs: the device time of its call
+    (CUDA-graph replay where it can be captured), with bytes or flops in row_extra for the rates."""
+    rows = []
+    for name, entry in providers.items():
+        fn, fn_args = entry if isinstance(entry, tuple) else (entry, args)
+        if fn is None:
+            continue
+        try:
+            ms, timing = device_ms(lambda fn=fn, a=fn_args: fn(*a))
+        except Exception as exc:  # noqa: BLE001 - e.g. out of memory or a compile failure: report and go on
+            print(f"{op} {shape}: {name} skipped ({type(exc).__name__}: {exc})", file=sys.stderr)
+            torch.cuda.empty_cache()
+            continue
+        rows.append(row(op, shape, dtype, name, ms, timing=timing, **row_extra))
+    return rows
+
+
+def attention_inputs(rows: int, batch: int, ctx: int, heads: tuple[int, int, int], page: int, dtype):
+    """q (rows, Hq, D) as the strided view of a fused qkv output (how the engine passes it), dense (B, Hkv, S, D)
+    keys and values for the library providers, and the same values in the engine's shuffled pages with their
+    tables: (q, (dense_k, dense_v), (k_pages, v_pages, tables))."""
+    hq, hkv, d = heads
+    qkv = torch.randn(rows, (hq + 2 * hkv) * d, device="cuda", dtype=dtype)
+    q = qkv[:, : hq * d].view(rows, hq, d)
+    dense_k = torch.randn(batch, hkv, ctx, d, device="cuda", dtype=dtype)
+    dense_v = torch.randn_like(dense_k)
+    k_pages, tables = paged(dense_k, page)
+    return q, (dense_k, dense_v), (k_pages, paged(dense_v, page)[0], tables)
+
+
 def paged(dense: torch.Tensor, page: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, Hkv, S, D) caches -> the engine's paged layout: (B * S/page, Hkv, page, D) pages in shuffled order and
     (B, S/page) int32 page tables (S a multiple of page). Same values, as the kernels see them in the engine."""
@@ -80,18 +119,6 @@ def paged(dense: torch.Tensor, page: int, seed: int = 0) -> tuple[torch.Tensor, 
     shuffled = torch.empty_like(pages)
     shuffled[order] = pages
     return shuffled, order.view(b, n).to(torch.int32)
-
-
-def time_or_none(fn, args: tuple) -> float | None:
-    """Milliseconds of fn(*args), or None where the provider fails (torch.compile raises on its first call)."""
-    if fn is None:
-        return None
-    try:
-        fn(*args)
-        return bench_ms(lambda: fn(*args))
-    except Exception as exc:  # noqa: BLE001 - report and skip this provider
-        print(f"skipped: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return None
 
 
 _PEAKS: dict[str, float] = {}

@@ -51,3 +51,16 @@ def paged_kv(lens, hkv, d, page, dtype, device, gen, poison=float("nan")):
             v_cache[blk, :, : min(page, n - j * page)] = dense_v[b][:, j * page : (j + 1) * page]
     move = lambda t: t.to(device, dtype)  # noqa: E731
     return move(k_cache), move(v_cache), table.to(device), [move(x) for x in dense_k], [move(x) for x in dense_v]
+
+
+def check_graph_replay(op, args: tuple, changed, expected) -> None:
+    """op(*args) captured in a CUDA graph, then `changed` (an input tensor among args) refilled in place and the
+    graph replayed: its outputs must equal expected(*args) on the new input, bit for bit."""
+    op(*args)  # compile and autotune outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = op(*args)
+    changed.copy_(torch.randn_like(changed))
+    graph.replay()
+    for got, want in zip(out, expected(*args)):
+        assert torch.equal(bits(got), bits(want))

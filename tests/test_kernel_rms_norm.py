@@ -5,7 +5,7 @@ import torch
 
 from kernels.rms_norm import rms_norm, rms_norm_ref
 from tests.conftest import kernel_device, requires_cuda
-from tests.kernel_utils import bits, poison_empty  # noqa: F401 - autouse fixture
+from tests.kernel_utils import bits, check_graph_replay, poison_empty  # noqa: F401 - autouse fixture
 
 DEV = kernel_device()
 EPS = 1e-5
@@ -115,11 +115,4 @@ def test_rms_norm_model_shape_cuda(t):
 def test_rms_norm_cuda_graph():
     x, residual = (torch.randn(16, 2048, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     weight = torch.randn(2048, device="cuda", dtype=torch.bfloat16)
-    rms_norm(x, weight, EPS, residual)  # compile outside the capture
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        y, new_res = rms_norm(x, weight, EPS, residual)
-    x.copy_(torch.randn_like(x))
-    graph.replay()
-    y_ref, res_ref = rms_norm(x, weight, EPS, residual)
-    assert torch.equal(y, y_ref) and torch.equal(new_res, res_ref)
+    check_graph_replay(rms_norm, (x, weight, EPS, residual), x, rms_norm)

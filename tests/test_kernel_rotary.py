@@ -5,7 +5,7 @@ import torch
 
 from kernels.rotary import rotary, rotary_ref, rotate, rotate_ref
 from tests.conftest import kernel_device, requires_cuda
-from tests.kernel_utils import bits, poison_empty  # noqa: F401 - autouse fixture
+from tests.kernel_utils import bits, check_graph_replay, poison_empty  # noqa: F401 - autouse fixture
 
 DEV = kernel_device()
 ALL_DTYPES = [torch.float32, torch.float16, pytest.param(torch.bfloat16, marks=requires_cuda)]
@@ -105,11 +105,4 @@ def test_rotary_cuda_graph():
     gen = torch.Generator().manual_seed(0)
     q, k = qkv_views(16, 16, 8, 128, torch.bfloat16, gen)
     cos, sin = rope_tables(16, 128, torch.bfloat16, gen)
-    rotary(q, k, cos, sin)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        q_out, k_out = rotary(q, k, cos, sin)
-    q.copy_(torch.randn_like(q))
-    graph.replay()
-    q_ref, k_ref = rotary_ref(q, k, cos, sin)
-    assert torch.equal(q_out, q_ref) and torch.equal(k_out, k_ref)
+    check_graph_replay(rotary, (q, k, cos, sin), q, rotary_ref)
