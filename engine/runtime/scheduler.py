@@ -107,7 +107,11 @@ class Scheduler:
             self._decode_round()
 
     def _reap(self) -> None:
-        for seq in [s for s in self.prefilling + self.running if s.cancelled]:
+        with self._cv:
+            gone = [s for s in self.waiting if s.cancelled]
+            for seq in gone:
+                self.waiting.remove(seq)
+        for seq in gone + [s for s in self.prefilling + self.running if s.cancelled]:
             self._finish(seq, "cancelled")
 
     def _admit(self) -> None:
@@ -208,8 +212,8 @@ class Scheduler:
             try:
                 self.pages.grow(seq)
                 return
-            except OutOfPages:
-                victim = next((s for s in reversed(self.running) if s is not seq), None)
+            except OutOfPages:  # the youngest goes first: prompts still being prefilled, then running sequences
+                victim = next((s for s in [*reversed(self.prefilling), *reversed(self.running)] if s is not seq), None)
                 if victim is None:
                     self._fail(seq, InputError(f"request {seq.id}: the KV cache is full with this sequence alone "
                                                f"({seq.kv_len[1]} tokens); raise kv_cache_memory"))  # fmt: skip
@@ -221,10 +225,8 @@ class Scheduler:
             self._fail(seq, InputError(f"request {seq.id}: the KV cache ran out and hd_decode='reference-quirk' "
                                        "sequences cannot be recomputed; raise kv_cache_memory or max_batch lower"))
             return
-        self.running.remove(seq)
-        self.pages.release(seq)
-        self._free_rows.append(seq.row)
-        seq.row, seq.status, seq.kv_len = None, Status.WAITING, [0, 0]
+        self._unschedule(seq)
+        seq.status, seq.kv_len = Status.WAITING, [0, 0]
         seq.preempted += 1
         self.stats.preemptions += 1
         with self._cv:
@@ -261,7 +263,8 @@ class Scheduler:
             return "stop"
         return "length" if len(seq.text.ids) >= seq.budget else None
 
-    def _release(self, seq: Sequence) -> None:
+    def _unschedule(self, seq: Sequence) -> None:
+        """Takes seq off the prefill and decode lists and gives back its plan's buffers, its pages and its row."""
         for group in (self.prefilling, self.running):
             if seq in group:
                 group.remove(seq)
@@ -272,6 +275,9 @@ class Scheduler:
         if seq.row is not None:
             self._free_rows.append(seq.row)
             seq.row = None
+
+    def _release(self, seq: Sequence) -> None:
+        self._unschedule(seq)
         seq.status = Status.FINISHED
         seq.t_done = time.perf_counter()
 
