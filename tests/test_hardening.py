@@ -127,3 +127,40 @@ def test_errors_are_the_engines_own(engine):
                  lambda: engine.generate("bad \udcff text")):  # fmt: skip
         with pytest.raises(HoVLEError):
             call()
+
+
+def _vocab_checkpoint(root, extra: int, name: str):
+    """A checkpoint whose model vocabulary is the tokenizer's + `extra` rows, the extra rows of the output head
+    scaled so that, unmasked, they would win every greedy step."""
+    from engine.loaders.config import HoVLEConfig
+    from engine.tooling.checkpoint_writer import write_checkpoint
+    from engine.tooling.default_model import bundled_tokenizer, config_dict, random_tensors
+    from tests.ckpt import SMALL
+
+    tok, files = bundled_tokenizer()
+    raw = config_dict("hovle", vocab_size=tok.vocab_size + extra, img_context_token_id=tok.img_context_id, **SMALL)
+
+    def tensors():
+        for tname, t in random_tensors(HoVLEConfig.from_dict(raw)):
+            if extra > 0 and tname == "language_model.output.weight":
+                t[tok.vocab_size :] *= 100.0
+            yield tname, t
+
+    return write_checkpoint(root / name, raw, tensors(), extra_files=files), tok
+
+
+def test_ids_the_tokenizer_cannot_produce_are_never_chosen(root):
+    path, tok = _vocab_checkpoint(root, 500, "big_vocab")
+    eng = Engine.from_pretrained(path, device="cpu", dtype=torch.float32)
+    for kw in ({}, {"temperature": 1.5, "seed": 3}, {"repetition_penalty": 2.0}):
+        r = eng.generate("Hi.", max_new_tokens=12, ignore_eos=True, **kw)
+        assert len(r.token_ids) == 12 and max(r.token_ids) < tok.vocab_size, kw
+    eng.close()
+
+
+def test_a_tokenizer_larger_than_the_model_is_refused_at_load(root):
+    from engine import TokenizerError
+
+    path, tok = _vocab_checkpoint(root, -3, "small_vocab")
+    with pytest.raises(TokenizerError, match=f"tokenizer has {tok.vocab_size} ids but the model's vocabulary is"):
+        Engine.from_pretrained(path, device="cpu")
