@@ -1,0 +1,194 @@
+"""Training data for the embedded default model: scenes -> question/answer pairs -> packed token sequences.
+
+Every sequence is built by the engine itself (`Engine.prepare`, the same call `Engine.generate` makes), so the
+model is trained on exactly the ids, positions and tiles it sees at inference. The answer is the assistant turn as
+the engine's tokenizer splits a whole conversation: the text after "<|im_start|>" is one chunk, "assistant\\n" +
+answer, followed by <|im_end|>.
+
+Several questions about one image share its prompt prefix (system message, image tokens), so they are packed into
+one sequence as a tree: the prefix once, then one branch per question; a branch attends to the prefix and to
+itself only, and its positions continue from the prefix, so each branch computes exactly what a single prompt
+would (the tests check this against the engine).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from engine.prompt import get_template
+from engine.tooling.scenes import KINDS, Scene, questions, random_scene, render, tile_grid
+
+ATTRIBUTE_KINDS = ("colour", "count", "presence", "relation", "biggest")
+REGION_CHANNELS = 2 * len(KINDS) + 2  # see token_regions
+TRAIN_SEEDS = 1_000_000  # training scenes use seeds from 0 on; held-out tests use seeds from HELD_OUT_SEED on
+HELD_OUT_SEED = 900_000_000
+# Questions per kind and image in training (the caption, long, on every other image: see scene_example).
+PER_KIND = {"colour": 1, "count": 2, "presence": 2, "relation": 3, "biggest": 1, "caption": 1}
+
+
+def corpus_lines(n_scenes: int = 3000, tile_size: int = 56) -> list[str]:
+    """Tokenizer corpus: the chat template's words and system message, every question, answer and caption of
+    `n_scenes` training scenes (one system message per scene, as in the conversations)."""
+    lines = []
+    for seed in range(n_scenes):
+        lines += ["system", "user", "assistant", get_template("internlm2-chat").system_message]
+        for q, a, _ in questions(random_scene(seed, tile_size)):
+            # Quoted too: in a prompt the question follows "\n" and the answer "assistant\n", so their first words
+            # carry no leading-space mark; quotes give the tokenizer those words without it as well.
+            lines += [q, a, f'"{q}"', f'"{a}"']
+    return lines
+
+
+def pick_questions(qa: list[tuple[str, str, str]], rng: random.Random, per_kind: dict[str, int]) -> list:
+    """Up to per_kind[kind] pairs of each kind, round-robin over that kind's answers in random order: yes and no
+    come equally often, and so do counts 0-3, so no fixed answer scores above chance."""
+    out = []
+    for kind, n in per_kind.items():
+        groups: dict[str, list] = {}
+        for x in qa:
+            if x[2] == kind:
+                groups.setdefault(x[1], []).append(x)
+        order = sorted(groups)
+        rng.shuffle(order)
+        for answer in order:
+            rng.shuffle(groups[answer])
+        rounds = [groups[a][i] for i in range(max(map(len, groups.values()), default=0)) for a in order
+                  if i < len(groups[a])]  # fmt: skip
+        out += rounds[:n]
+    return out
+
+
+def answer_ids(tokenizer, answer: str) -> list[int]:
+    """Ids of the answer as they follow "<|im_start|>assistant\\n" in a whole conversation, then <|im_end|>."""
+    head = tokenizer.encode("assistant\n", add_bos=False)
+    ids = tokenizer.encode("assistant\n" + answer, add_bos=False)
+    if ids[: len(head)] != head:
+        raise ValueError(f"tokenizer merges 'assistant\\n' with the answer {answer!r}")
+    return ids[len(head) :] + [tokenizer.im_end_id]
+
+
+@dataclass
+class Packed:
+    """One image and its questions as a tree-packed sequence (both stacks' ids; equal for HoVLE)."""
+
+    ids_emb: list[int]
+    ids_llm: list[int]
+    pos_emb: list[int]
+    pos_llm: list[int]
+    seg_emb: list[int]  # 0 = shared prefix, i = branch i
+    seg_llm: list[int]
+    labels: list[int]  # on the LLM sequence: the next token where it is an answer token or <|im_end|>, else -100
+    pixel_values: torch.Tensor
+    tiles: int
+    regions: torch.Tensor | None = None  # (image tokens of the embedding sequence, len(KINDS)): see token_regions
+
+
+def _prefix_len(ids: list[int], img_end: int) -> int:
+    return len(ids) - ids[::-1].index(img_end)  # up to and including the last </img>
+
+
+def _tree(prefix: list[int], branches: list[list[int]]) -> tuple[list[int], list[int], list[int]]:
+    ids, pos, seg = list(prefix), list(range(len(prefix))), [0] * len(prefix)
+    for i, b in enumerate(branches, 1):
+        ids += b
+        pos += range(len(prefix), len(prefix) + len(b))
+        seg += [i] * len(b)
+    return ids, pos, seg
+
+
+def pack(engine, image, qa: list[tuple[str, str, str]], max_num: int | None = None) -> Packed:
+    """Tree-packs the questions about one image; every prompt comes from engine.prepare."""
+    tok = engine.tokenizer
+    reqs = [engine.prepare([{"role": "user", "content": q}], [image], max_num) for q, _, _ in qa]
+    p_llm, p_emb = _prefix_len(reqs[0].ids_llm, tok.img_end_id), _prefix_len(reqs[0].ids_emb, tok.img_end_id)
+    branches, labels_tail = [], []
+    for r, (_, a, _) in zip(reqs, qa):
+        if r.ids_llm[:p_llm] != reqs[0].ids_llm[:p_llm] or r.ids_emb[:p_emb] != reqs[0].ids_emb[:p_emb]:
+            raise ValueError("prompts about one image differ before the question")
+        if r.ids_llm[p_llm:] != r.ids_emb[p_emb:]:
+            raise ValueError("the question's ids differ between the two stacks")
+        ans = answer_ids(tok, a)
+        branches.append(r.ids_llm[p_llm:] + ans)
+        n_prompt = len(r.ids_llm) - p_llm
+        labels_tail += [-100] * (n_prompt - 1) + ans + [-100]  # position t predicts token t+1
+    ids_llm, pos_llm, seg_llm = _tree(reqs[0].ids_llm[:p_llm], branches)
+    ids_emb, pos_emb, seg_emb = _tree(reqs[0].ids_emb[:p_emb], branches)
+    labels = [-100] * p_llm + labels_tail
+    return Packed(ids_emb, ids_llm, pos_emb, pos_llm, seg_emb, seg_llm, labels, reqs[0].pixel_values, reqs[0].tiles[0])
+
+
+def _overlap(a: tuple, b: tuple) -> float:
+    """Intersection of two boxes over the smaller one's area: 1 when one holds the other."""
+    w, h = min(a[2], b[2]) - max(a[0], b[0]), min(a[3], b[3]) - max(a[1], b[1])
+    small = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return max(0.0, w) * max(0.0, h) / max(small, 1e-9)
+
+
+def _cell_targets(cell: tuple, scene: Scene) -> list[float]:
+    """Coverage of the cell by each kind, whether it holds the centre of an object of each kind, its centre (x, y)."""
+    centre = lambda o: ((o.box[0] + o.box[2]) / 2, (o.box[1] + o.box[3]) / 2)  # noqa: E731
+    holds = lambda o: cell[0] <= centre(o)[0] < cell[2] and cell[1] <= centre(o)[1] < cell[3]  # noqa: E731
+    cover = [max([_overlap(cell, o.box) for o in scene.objects if o.kind == k], default=0.0) for k in KINDS]
+    centres = [float(any(holds(o) for o in scene.objects if o.kind == k)) for k in KINDS]
+    where = [(cell[0] + cell[2]) / 2 / scene.width, (cell[1] + cell[3]) / 2 / scene.height]
+    return cover + centres + where
+
+
+def token_regions(scene: Scene, grid: tuple[int, int], tiles: int, per_side: int) -> torch.Tensor:
+    """Auxiliary dense targets (REGION_CHANNELS per image token of the embedding sequence: tile-major, row-major
+    inside a tile, the thumbnail last): what each token sees, where the objects' centres are (counting), and
+    where in the whole picture the token is (a tile's place in the grid is otherwise only implied by order)."""
+    cols, rows, w, h = *grid, scene.width, scene.height
+    areas = [(c * w / cols, r * h / rows, (c + 1) * w / cols, (r + 1) * h / rows)
+             for r in range(rows) for c in range(cols)]  # fmt: skip
+    areas += [(0.0, 0.0, float(w), float(h))] * (tiles - cols * rows)  # the thumbnail sees the whole picture
+    out = []
+    for x0, y0, x1, y1 in areas:
+        tw, th = (x1 - x0) / per_side, (y1 - y0) / per_side
+        for i in range(per_side):
+            out += [_cell_targets((x0 + j * tw, y0 + i * th, x0 + (j + 1) * tw, y0 + (i + 1) * th), scene)
+                    for j in range(per_side)]  # fmt: skip
+    return torch.tensor(out)
+
+
+def scene_example(engine, seed: int, per_kind: dict[str, int] = PER_KIND) -> Packed:
+    """The packed training example of scene `seed` (its questions drawn with the same seed)."""
+    cfg = engine.cfg
+    scene = random_scene(seed, cfg.image_size, cfg.max_dynamic_patch)
+    qa = pick_questions(questions(scene), random.Random(seed), per_kind)
+    if seed % 2:  # a caption costs as much as three short answers: on half of the pictures only
+        qa = [x for x in qa if x[2] != "caption"]
+    packed = pack(engine, render(scene), qa)
+    per_side = cfg.image_size // cfg.embedding.patch_size // (1 if cfg.is_hd else 2)  # HD: patches; else merged
+    packed.regions = token_regions(scene, tile_grid(scene, cfg.image_size, cfg.max_dynamic_patch), packed.tiles,
+                                   per_side)  # fmt: skip
+    return packed
+
+
+EVAL_PER_KIND = {"colour": 1, "count": 1, "presence": 1, "relation": 1, "biggest": 1}
+
+
+def held_out(n_scenes: int, tile_size: int, max_num: int = 12, per_kind: dict[str, int] = EVAL_PER_KIND) -> list:
+    """(image, question, answer, kind) for scenes the training never saw (seeds from HELD_OUT_SEED on)."""
+    items = []
+    for seed in range(HELD_OUT_SEED, HELD_OUT_SEED + n_scenes):
+        scene = random_scene(seed, tile_size, max_num)
+        image = render(scene)
+        items += [(image, q, a, k) for q, a, k in pick_questions(questions(scene), random.Random(seed), per_kind)]
+    return items
+
+
+def score(engine, items: list, batch: int = 64, max_new_tokens: int = 12) -> dict[str, tuple[int, int]]:
+    """Greedy answers of `engine` to items, exact match: kind -> (correct, total)."""
+    out: dict[str, tuple[int, int]] = {}
+    for i in range(0, len(items), batch):
+        chunk = items[i : i + batch]
+        results = engine.generate([q for _, q, _, _ in chunk], [img for img, _, _, _ in chunk],
+                                  max_new_tokens=max_new_tokens)  # fmt: skip
+        for (_, _, answer, kind), r in zip(chunk, results):
+            ok, n = out.get(kind, (0, 0))
+            out[kind] = (ok + (r.text == answer), n + 1)
+    return out

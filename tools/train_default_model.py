@@ -1,0 +1,205 @@
+"""Trains the embedded default model (HoVLE and HoVLE-HD) on procedural scenes, on the CPU, reproducibly.
+
+    .venv/bin/python -m tools.train_default_model                 # both variants -> engine/data/default-model/
+    .venv/bin/python -m tools.train_default_model --variant hovle --steps 200 --out /tmp/m
+
+Steps: train a SentencePiece tokenizer on the scenes' questions, answers and captions (plus the chat template's
+words), write a random checkpoint in the released layout with it (`write_default_model`), then train every weight
+on tree-packed question/answer sequences built by `Engine.prepare` (loss on the answer and <|im_end|> only), and
+write the result with `write_checkpoint`. Everything is seeded and the data order is fixed (scene seeds in order),
+with a fixed thread count, so the same command gives the same weights on the same torch version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import shutil
+import tempfile
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from engine import Engine
+from engine.loaders.tokenizer import TOKENIZER_FILES
+from engine.tooling.checkpoint_writer import write_checkpoint
+from engine.tooling.default_model import VARIANTS, write_default_model
+from engine.tooling.tokenizer_trainer import write_tokenizer_files
+from tests.reference import load_tensors
+
+from .scene_data import PER_KIND, Packed, corpus_lines, scene_example
+from .train_model import TrainableHoVLE
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = REPO / "engine" / "data" / "default-model"
+THREADS = 2
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Model sizes and optimisation settings (the defaults are the shipped model's)."""
+
+    sizes: dict = field(default_factory=lambda: dict(
+        hidden=128, intermediate=384, heads=4, kv_heads=2, emb_layers=2, llm_layers=4, image_size=56))  # fmt: skip
+    vocab_size: int = 768
+    corpus_scenes: int = 3000
+    steps: int = 2000
+    batch: int = 12  # images per step, each with its packed questions
+    chunks: int = 2  # the step's images sorted by length and run in this many padded forwards (less padding)
+    first_seed: int = 0  # scene seeds first_seed + step * batch + i (a warm-started variant gets fresh scenes)
+    prefetch: bool = True  # build the next batches in a worker process (see batches)
+    lr: float = 2e-3
+    warmup: int = 100
+    weight_decay: float = 0.01
+    seed: int = 0
+
+
+def lr_at(step: int, r: Recipe) -> float:
+    """Linear warm-up, then cosine decay to a tenth of the peak."""
+    if step < r.warmup:
+        return r.lr * (step + 1) / r.warmup
+    t = (step - r.warmup) / max(1, r.steps - r.warmup)
+    return r.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def write_tokenizer(dst: Path, r: Recipe) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp) / "corpus.txt"
+        corpus.write_text("\n".join(corpus_lines(r.corpus_scenes, r.sizes["image_size"])) + "\n", encoding="utf-8")
+        write_tokenizer_files(dst, corpus, r.vocab_size)
+
+
+def start_checkpoint(dst: Path, variant: str, r: Recipe, tokenizer_dir: Path | None = None) -> Path:
+    """The random starting checkpoint (released layout) and its tokenizer, under dst."""
+    if tokenizer_dir is None:
+        tokenizer_dir = dst / "tokenizer"
+        write_tokenizer(tokenizer_dir, r)
+    return write_default_model(dst / f"init-{variant}", variant, tokenizer_dir=tokenizer_dir, overwrite=True,
+                               **r.sizes)  # fmt: skip
+
+
+def step_batch(engine: Engine, r: Recipe, step: int, per_kind: dict) -> list[Packed]:
+    """The scenes of `step` (seeds first_seed + step * batch + i), packed, shortest first."""
+    seeds = range(r.first_seed + step * r.batch, r.first_seed + (step + 1) * r.batch)
+    return sorted((scene_example(engine, seed, per_kind) for seed in seeds), key=lambda p: len(p.ids_emb))
+
+
+_WORKER: dict = {}
+
+
+def _worker_start(init: str) -> None:
+    torch.set_num_threads(1)
+    _WORKER["engine"] = Engine.from_pretrained(init, device="cpu", dtype=torch.float32, backend="torch")
+
+
+def _worker_batch(r: Recipe, step: int, per_kind: dict) -> list[Packed]:
+    return step_batch(_WORKER["engine"], r, step, per_kind)
+
+
+def batches(init: Path, r: Recipe, per_kind: dict) -> Iterator[list[Packed]]:
+    """Every step's batch in order. With r.prefetch a worker process builds them two steps ahead, so rendering and
+    tokenising overlap the training step; each batch depends only on its step, so the data are the same."""
+    if not r.prefetch:
+        engine = Engine.from_pretrained(init, device="cpu", dtype=torch.float32, backend="torch")
+        yield from (step_batch(engine, r, step, per_kind) for step in range(r.steps))
+        return
+    with multiprocessing.get_context("spawn").Pool(1, _worker_start, (str(init),)) as pool:
+        ahead = deque(pool.apply_async(_worker_batch, (r, step, per_kind)) for step in range(min(2, r.steps)))
+        for step in range(r.steps):
+            batch = ahead.popleft().get()
+            if step + 2 < r.steps:
+                ahead.append(pool.apply_async(_worker_batch, (r, step + 2, per_kind)))
+            yield batch
+
+
+def _step_loss(model: TrainableHoVLE, batch: list[Packed], chunks: int) -> float:
+    """The batch in `chunks` padded forwards (it is sorted by length: less padding); gradients accumulate."""
+    size, total = -(-len(batch) // chunks), 0.0
+    for i in range(0, len(batch), size):
+        loss = model.loss(batch[i : i + size]) / chunks
+        loss.backward()
+        total += float(loss.detach())
+    return total
+
+
+def train(init: Path, r: Recipe, log=print, per_kind: dict = PER_KIND, start: dict | None = None,
+          hook=None) -> TrainableHoVLE:  # fmt: skip
+    """Trains from the checkpoint folder `init` (its config, tokenizer and weights, or the weights `start` under
+    the same names: HoVLE-HD starts from the trained HoVLE, whose tensors have the same names and shapes).
+    `hook(step, model)` runs after every step."""
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)  # some backward ops (scatter/index) otherwise add in any order
+    try:
+        return _train(init, r, log, per_kind, start, hook)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+
+
+def _train(init: Path, r: Recipe, log, per_kind: dict, start: dict | None, hook) -> TrainableHoVLE:
+    torch.manual_seed(r.seed)
+    config = json.loads((init / "config.json").read_text())
+    model = TrainableHoVLE(config, start if start is not None else load_tensors(str(init)))
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    rest = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": r.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+                            lr=r.lr, betas=(0.9, 0.98), eps=1e-8)  # fmt: skip
+    t0, running = time.perf_counter(), None
+    for step, batch in enumerate(batches(init, r, per_kind)):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, r)
+        opt.zero_grad(set_to_none=True)
+        value = _step_loss(model, batch, r.chunks)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        running = value if running is None else 0.98 * running + 0.02 * value
+        if step % 50 == 0 or step == r.steps - 1:
+            log(f"step {step:5d}  loss {running:.4f}  lr {lr_at(step, r):.2e}  {time.perf_counter() - t0:7.1f}s")
+        if hook is not None:
+            hook(step, model)  # e.g. held-out evaluation while experimenting
+    return model
+
+
+def save(model: TrainableHoVLE, init: Path, dst: Path) -> Path:
+    """The trained weights in the released layout, with the starting checkpoint's config and tokenizer files."""
+    files = {name: (init / name).read_bytes() for name in TOKENIZER_FILES}
+    return write_checkpoint(dst, model.config, model.released_tensors(), max_shard_bytes=4 << 20, extra_files=files,
+                            overwrite=True)  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", default="both", choices=(*VARIANTS, "both"))
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="writes <out>/<variant>/")
+    parser.add_argument("--steps", type=int, default=Recipe.steps)
+    parser.add_argument("--start-from", type=Path, default=None,
+                        help="a trained checkpoint folder of the same sizes to start from (with --variant both, "
+                        "HoVLE-HD starts from the HoVLE just trained)")  # fmt: skip
+    args = parser.parse_args(argv)
+    torch.set_num_threads(THREADS)
+    recipe = Recipe(steps=args.steps)
+    start = load_tensors(str(args.start_from)) if args.start_from else None
+    work = Path(tempfile.mkdtemp(prefix="hovle-train-"))
+    try:
+        tok_dir = work / "tokenizer"
+        write_tokenizer(tok_dir, recipe)
+        for variant in VARIANTS if args.variant == "both" else (args.variant,):
+            t0 = time.perf_counter()
+            init = start_checkpoint(work, variant, recipe, tok_dir)
+            r = recipe if start is None else replace(recipe, first_seed=recipe.steps * recipe.batch)  # fresh scenes
+            model = train(init, r, log=lambda s, v=variant: print(f"[{v}] {s}", flush=True), start=start)
+            out = save(model, init, args.out / variant)
+            start = model.released_tensors()
+            print(f"[{variant}] wrote {out} after {time.perf_counter() - t0:.0f}s", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
