@@ -14,7 +14,6 @@ from pathlib import Path
 
 from .errors import HoVLEError
 
-EXAMPLE_IMAGE = Path(__file__).parent / "data" / "example.png"
 DEMO_PROMPT = "Please describe the image in detail."
 
 
@@ -130,7 +129,7 @@ def _generate(engine, args, title: str) -> None:
 
 def _demo(engine, title: str) -> None:
     """The example image's questions, asked as one batch; each answer beside the one the scene generator knows."""
-    from .tooling.default_model import example_questions
+    from .tooling.default_model import EXAMPLE_IMAGE, example_questions
 
     qa = example_questions()
     print(f"== {title}")

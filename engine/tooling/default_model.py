@@ -1,15 +1,21 @@
-"""The embedded default model: a small deterministic checkpoint folder in exactly the released layout.
+"""The embedded default model: small checkpoints in exactly the released layout.
 
-`config_dict` builds a config.json with the real schema (real HoVLE sizes by default, so benchmarks can write a
-full-size random checkpoint too); `random_tensors` streams seeded random weights under the real tensor names;
-`write_default_model` adds a SentencePiece tokenizer trained on a bundled text and writes everything atomically.
-The weights are RANDOM: the model runs the whole pipeline but its text is meaningless.
+Two kinds share the layout (real config.json schema, F32 sharded safetensors with an index, SentencePiece tokenizer
+files). The TRAINED default model ships in engine/data/default-model/<variant>/ (written by
+tools/train_default_model.py): a tiny HoVLE / HoVLE-HD that answers questions about the procedural scenes of
+`engine.tooling.scenes` and knows nothing else. `ensure_default_model` returns its folder and `copy_default_model`
+copies it. `write_default_model` writes a RANDOM-weight model instead (tests, benchmarks, the training script's
+starting point): `config_dict` builds the config (real HoVLE sizes by default, so benchmarks can write a full-size
+random checkpoint too) and `random_tensors` streams seeded random weights under the real tensor names.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import tempfile
+import uuid
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,14 +23,18 @@ from typing import Any
 
 import torch
 
-from ..config import HoVLEConfig
-from ..tokenizer import TOKENIZER_FILES, Tokenizer
-from ..weights import expected_tensors
+from ..errors import WeightsError
+from ..loaders.config import HoVLEConfig
+from ..loaders.tokenizer import TOKENIZER_FILES, Tokenizer
+from ..loaders.weights import expected_tensors
 from .checkpoint_writer import write_checkpoint
 from .tokenizer_trainer import write_tokenizer_files
 
 VARIANTS = ("hovle", "hovle-hd")
-DEFAULT_VERSION = "v1"  # bump when the default model's contents change, so cached copies are rewritten
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+SHIPPED_DIR = DATA_DIR / "default-model"  # the trained models, one folder per variant
+EXAMPLE_IMAGE = DATA_DIR / "example.png"
+EXAMPLE_QUESTIONS = DATA_DIR / "example_questions.json"
 TINY = dict(hidden=256, intermediate=512, heads=4, kv_heads=2, emb_layers=2, llm_layers=4)
 
 
@@ -111,11 +121,6 @@ def random_tensors(cfg: HoVLEConfig, seed: int = 0) -> Iterator[tuple[str, torch
         yield name, torch.randn(shape, generator=gen, dtype=torch.float32) * std + mean
 
 
-def default_model_dir(variant: str = "hovle") -> Path:
-    root = Path(os.environ.get("HOVLE_ENGINE_HOME", Path.home() / ".cache" / "hovle-engine"))
-    return root / f"default-{variant}-{DEFAULT_VERSION}"
-
-
 def bundled_tokenizer() -> tuple[Tokenizer, dict[str, bytes]]:
     """The tokenizer trained on the bundled text, and its files' bytes (to go into a checkpoint folder)."""
     with tempfile.TemporaryDirectory(prefix=".hovle-tok-") as tmp:
@@ -123,10 +128,22 @@ def bundled_tokenizer() -> tuple[Tokenizer, dict[str, bytes]]:
         return tok, {name: (Path(tmp) / "tok" / name).read_bytes() for name in TOKENIZER_FILES}
 
 
-def write_default_model(dst: str | Path, variant: str = "hovle", *, overwrite: bool = False, **sizes) -> Path:
-    """Writes the tiny model (tokenizer trained on the bundled text, random weights) to `dst`, atomically."""
+def write_default_model(
+    dst: str | Path,
+    variant: str = "hovle",
+    *,
+    overwrite: bool = False,
+    tokenizer_dir: str | Path | None = None,
+    **sizes,
+) -> Path:
+    """Writes the tiny model with RANDOM weights to `dst`, atomically. Its tokenizer is trained on the bundled text,
+    or copied from `tokenizer_dir` (the training script starts from its own tokenizer)."""
     dst = Path(dst)
-    tok, files = bundled_tokenizer()
+    if tokenizer_dir is None:
+        tok, files = bundled_tokenizer()
+    else:
+        tok = Tokenizer.from_dir(tokenizer_dir)
+        files = {name: (Path(tokenizer_dir) / name).read_bytes() for name in TOKENIZER_FILES}
     raw = config_dict(variant, vocab_size=tok.vocab_size, img_context_token_id=tok.img_context_id,
                       **{**TINY, **sizes})  # fmt: skip
     cfg = HoVLEConfig.from_dict(raw)
@@ -135,9 +152,36 @@ def write_default_model(dst: str | Path, variant: str = "hovle", *, overwrite: b
 
 
 def ensure_default_model(variant: str = "hovle") -> Path:
-    """The cached default model folder, written on first use."""
-    path = default_model_dir(variant)
+    """The folder of the shipped trained default model of `variant` (read in place, nothing is written)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant {variant!r}; expected one of {VARIANTS}")
+    path = SHIPPED_DIR / variant
     if not (path / "config.json").is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_default_model(path, variant, overwrite=True)
+        raise WeightsError(f"{path}: the trained default model is missing; rebuild it with "
+                           "`python -m tools.train_default_model`")  # fmt: skip
     return path
+
+
+def copy_default_model(dst: str | Path, variant: str = "hovle", *, overwrite: bool = False) -> Path:
+    """Copies the shipped trained model of `variant` to `dst`, atomically (a sibling temp folder renamed into place);
+    an existing non-empty `dst` is replaced only with overwrite=True."""
+    src, dst = ensure_default_model(variant), Path(dst)
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())) and not overwrite:
+        raise WeightsError(f"{dst} exists and is not empty; pass overwrite=True to replace it")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.parent / f".{dst.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        shutil.copytree(src, tmp)
+        if dst.is_dir():
+            shutil.rmtree(dst)
+        elif dst.exists():
+            dst.unlink()
+        os.replace(tmp, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dst
+
+
+def example_questions() -> list[dict[str, str]]:
+    """The bundled example picture's questions with their known answers: [{"question", "answer", "kind"}, ...]."""
+    return json.loads(EXAMPLE_QUESTIONS.read_text(encoding="utf-8"))["questions"]

@@ -1,0 +1,233 @@
+"""The shipped default model was trained: it answers questions about scenes it never saw, on both backends.
+
+Also checked here: the example picture and its answers come from the scene generator; the training forward computes
+exactly what the reference model computes for each prompt (so the model learns what the engine runs); the wqkv
+exporter inverts the reference's split; a few training steps are reproducible.
+"""
+
+import dataclasses
+import json
+import random
+
+import pytest
+import torch
+from PIL import Image
+
+from engine import Engine
+from engine.runtime.runner import ModelRunner
+from engine.tooling.default_model import EXAMPLE_IMAGE, VARIANTS, ensure_default_model, example_questions
+from engine.tooling.scenes import COLOURED, PALETTE, example_scene, questions, random_scene, render, tile_grid
+from kernels._triton import HAS_TRITON, triton_usable
+from tests.reference import ReferenceHoVLE, load_tensors, split_wqkv
+from tools.scene_data import ATTRIBUTE_KINDS, HELD_OUT_SEED, answer_ids, held_out, pack, pick_questions, score
+from tools.train_default_model import Recipe, start_checkpoint, train
+from tools.train_model import TrainableHoVLE, fuse_wqkv
+
+HELD_OUT_SCENES = 100
+# A regression floor, not the goal: the shipped models answer 77.4% (HoVLE) and 79.4% (HoVLE-HD) of these questions
+# (README); issue 12 asks for 90%, which this training recipe does not reach in its 20-minute CPU budget.
+MIN_ACCURACY = 0.72
+# Example questions the shipped model gets wrong (the demo prints them as WRONG); checked to be still wrong, so a
+# retrained model that answers them forces this list to be updated.
+KNOWN_WRONG = {"hovle-hd": {"Is the house left of the tree?"}}
+TINY = Recipe(sizes=dict(hidden=32, intermediate=64, heads=2, kv_heads=1, emb_layers=1, llm_layers=1, image_size=56),
+              vocab_size=400, corpus_scenes=60, steps=3, batch=2)  # fmt: skip
+
+
+@pytest.fixture(scope="module", params=VARIANTS)
+def variant(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def engine(variant):
+    return Engine.from_pretrained(ensure_default_model(variant), device="cpu", dtype=torch.float32)
+
+
+def _report(scores: dict[str, tuple[int, int]]) -> str:
+    return ", ".join(f"{kind} {ok}/{n} = {ok / n:.0%}" for kind, (ok, n) in sorted(scores.items()))
+
+
+def test_held_out_scenes_are_answered(engine):
+    items = held_out(HELD_OUT_SCENES, engine.cfg.image_size, engine.cfg.max_dynamic_patch)
+    assert {kind for *_, kind in items} == set(ATTRIBUTE_KINDS)
+    scores = score(engine, items)
+    correct, total = sum(ok for ok, _ in scores.values()), sum(n for _, n in scores.values())
+    assert correct / total >= MIN_ACCURACY, f"accuracy {correct / total:.1%} ({_report(scores)})"
+
+
+@pytest.mark.skipif(not (HAS_TRITON and triton_usable("cpu")), reason="Triton cannot run here")
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_triton_backend_answers_like_torch(variant):
+    """A handful of prompts (the interpreter is slow): Triton gives the torch backend's tokens, and they are right."""
+    items = [x for x in held_out(12, 56, 2) if x[3] != "biggest"][:4]  # small pictures: at most 2 tiles + thumbnail
+    path = ensure_default_model(variant)
+    prompts, images = [q for _, q, _, _ in items], [img for img, _, _, _ in items]
+    ours = Engine.from_pretrained(path, device="cpu", dtype=torch.float32, backend="triton")
+    theirs = Engine.from_pretrained(path, device="cpu", dtype=torch.float32, backend="torch")
+    got = ours.generate(prompts, images, max_num=2, max_new_tokens=6)
+    want = theirs.generate(prompts, images, max_num=2, max_new_tokens=6)
+    assert [r.token_ids for r in got] == [r.token_ids for r in want]
+    assert [r.text for r in got] == [a for _, _, a, _ in items]
+
+
+def test_example_picture_is_a_generated_scene():
+    shipped = Image.open(EXAMPLE_IMAGE).convert("RGB")
+    assert shipped.tobytes() == render(example_scene()).tobytes()
+    truth = {q: a for q, a, _ in questions(example_scene())}
+    entries = example_questions()
+    assert 2 <= len(entries) <= 3
+    assert all(e["answer"] == truth[e["question"]] for e in entries)
+
+
+def test_example_questions_are_answered(engine, variant):
+    entries = example_questions()
+    results = engine.generate([e["question"] for e in entries], [str(EXAMPLE_IMAGE)] * len(entries))
+    right = {e["question"] for e, r in zip(entries, results) if r.text == e["answer"]}
+    assert right == {e["question"] for e in entries} - KNOWN_WRONG.get(variant, set())
+
+
+# ---- batching and the KV cache on a model whose logits are not flat -------------------------------------------
+
+
+@pytest.fixture
+def selected(monkeypatch):
+    """The logits every token is selected from (prefill's first token, then each decode step), one row per sequence."""
+    seen, real = [], ModelRunner.select
+
+    def spy(self, logits, rows, *args):
+        seen.append(logits.clone())
+        return real(self, logits, rows, *args)
+
+    monkeypatch.setattr(ModelRunner, "select", spy)
+    return seen
+
+
+def _margin(logits: torch.Tensor) -> float:
+    """Top-1 minus top-2 logit: near-ties are where exact comparisons get fragile."""
+    top = logits.float().topk(2).values
+    return round(float(top[0] - top[1]), 3)
+
+
+def _held_out_prompts() -> list[tuple[Image.Image, str]]:
+    """Attribute questions (short answers) and captions (a sentence: many decode steps), 1 to 12 tiles."""
+    items = [(img, q) for img, q, _, _ in held_out(3, 56)[::2]]
+    for seed in range(HELD_OUT_SEED + 1000, HELD_OUT_SEED + 1002):
+        scene = random_scene(seed)
+        items.append((render(scene), next(q for q, _, kind in questions(scene) if kind == "caption")))
+    return items
+
+
+def test_batch_equals_each_prompt_alone(engine, variant, selected):
+    # each prompt alone runs cold, not from the pages the batch left in the prefix cache
+    path = ensure_default_model(variant)
+    cold = Engine.from_pretrained(path, device="cpu", dtype=torch.float32, prefix_caching=False)
+    items = _held_out_prompts()
+    batch = engine.generate([q for _, q in items], [img for img, _ in items], max_new_tokens=24)
+    assert len({len(r.token_ids) for r in batch}) > 1  # rows finish at different steps
+    for (img, q), got in zip(items, batch):
+        selected.clear()
+        alone = cold.generate(q, img, max_new_tokens=24)
+        report = f"{q!r}: top-2 margin per step {[_margin(logits[0]) for logits in selected]}"
+        print(report)
+        assert got.token_ids == alone.token_ids, report
+
+
+def test_cached_decode_equals_full_recomputation(engine, selected):
+    img, question = _held_out_prompts()[-1]
+    req = engine.prepare([{"role": "user", "content": question}], [img])
+    result = engine.generate(question, img, max_new_tokens=16, ignore_eos=True)
+    assert len(selected) == 16
+    for step, logits in enumerate(selected):
+        fed = result.token_ids[:step]
+        full = engine.prompt_logits(dataclasses.replace(req, ids_llm=req.ids_llm + fed, ids_emb=req.ids_emb + fed))[-1]
+        print(f"step {step}: top-2 margin {_margin(full)}")
+        assert float((logits[0] - full).abs().max() / full.abs().max()) < 1e-5, f"step {step}"
+        assert int(full.argmax()) == result.token_ids[step]
+
+
+# ---- the scene generator ----------------------------------------------------------------------------------------
+
+
+def test_scenes_cover_the_tilings_and_are_deterministic():
+    tiles = {c * r for c, r in (tile_grid(random_scene(seed), 56) for seed in range(300))}
+    assert {1, 2, 3, 4, 5, 6, 8, 9, 10, 12} <= tiles
+    assert render(random_scene(7)).tobytes() == render(random_scene(7)).tobytes()
+
+
+def test_scene_answers_match_the_picture():
+    """Ground truth is about what is drawn: a named colour is the colour at the object's centre, left/right agree."""
+    for seed in range(40):
+        scene, img = random_scene(seed), None
+        img = render(scene)
+        for o in scene.objects:
+            if o.kind in ("circle", "square"):
+                cx, cy = (o.box[0] + o.box[2]) // 2, (o.box[1] + o.box[3]) // 2
+                assert img.getpixel((cx, cy)) == PALETTE[o.colour]
+        qa = questions(scene)
+        for q, a, kind in qa:
+            if kind == "colour":
+                assert scene.the(q.split()[-1][:-1]) is not None and q.split()[-1][:-1] in COLOURED
+            if q.startswith("Is the") and " left of " in q and a == "yes":
+                assert (q.replace(" left of ", " right of "), "yes", "relation") not in qa
+
+
+# ---- training ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_heads,n_kv,head_dim", [(4, 2, 16), (6, 2, 8), (4, 4, 8), (8, 2, 4), (3, 1, 8)])
+def test_fuse_wqkv_inverts_split(n_heads, n_kv, head_dim):
+    w = torch.randn((n_heads + 2 * n_kv) * head_dim, 24)
+    q, k, v = split_wqkv(w, n_heads, n_kv, head_dim)
+    assert torch.equal(fuse_wqkv(q, k, v, n_heads, n_kv), w)
+    q2, k2, v2 = split_wqkv(fuse_wqkv(q, k, v, n_heads, n_kv), n_heads, n_kv, head_dim)
+    assert torch.equal(q2, q) and torch.equal(k2, k) and torch.equal(v2, v)
+
+
+@pytest.fixture(scope="module")
+def tiny_inits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_train")
+    start_checkpoint(root, "hovle", TINY)
+    return {v: start_checkpoint(root, v, TINY, root / "tokenizer") for v in VARIANTS}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_export_round_trips_every_tensor(tiny_inits, variant):
+    tensors = load_tensors(str(tiny_inits[variant]))
+    config = json.loads((tiny_inits[variant] / "config.json").read_text())
+    out = TrainableHoVLE(config, tensors).released_tensors()
+    assert sorted(out) == sorted(tensors)
+    assert all(torch.equal(out[k], tensors[k]) for k in tensors)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_packed_training_forward_matches_the_reference(tiny_inits, variant):
+    """Two pictures, three questions each, tree-packed and padded into one batch: the logits at every answer
+    position equal the independent reference's on each prompt + answer alone (HD: both sequences)."""
+    path = tiny_inits[variant]
+    eng = Engine.from_pretrained(path, device="cpu", dtype=torch.float32, backend="torch")
+    model = TrainableHoVLE(json.loads((path / "config.json").read_text()), load_tensors(str(path)))
+    batch, expected = [], []
+    for seed in (3, 11):
+        scene = random_scene(seed)
+        qa = pick_questions(questions(scene), random.Random(seed), {"colour": 1, "count": 1, "caption": 1})
+        img = render(scene)
+        batch.append(pack(eng, img, qa))
+        for q, a, _ in qa:
+            req = eng.prepare([{"role": "user", "content": q}], [img])
+            ans = answer_ids(eng.tokenizer, a)
+            ref = ReferenceHoVLE.from_dir(str(path)).prefill(req.ids_emb + ans, req.ids_llm + ans, req.pixel_values)
+            expected.append(ref[len(req.ids_llm) - 1 : len(req.ids_llm) - 1 + len(ans)])
+    with torch.no_grad():
+        logits, labels, _ = model(batch)
+    expected = torch.cat(expected)
+    assert logits.shape == expected.shape
+    assert float((logits - expected).abs().max() / expected.abs().max()) < 1e-5
+
+
+def test_training_is_reproducible(tiny_inits):
+    first = train(tiny_inits["hovle-hd"], TINY, log=lambda s: None).released_tensors()
+    second = train(tiny_inits["hovle-hd"], TINY, log=lambda s: None).released_tensors()
+    start = load_tensors(str(tiny_inits["hovle-hd"]))
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert not torch.equal(first["language_model.output.weight"], start["language_model.output.weight"])
