@@ -42,7 +42,8 @@ def _one(client, model: str, images: list[str], question: str, max_tokens: int) 
     usage = None
     stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": content}],
                                             max_tokens=max_tokens, temperature=0, stream=True,
-                                            stream_options={"include_usage": True})  # fmt: skip
+                                            stream_options={"include_usage": True},
+                                            extra_body={"ignore_eos": True})  # exactly max_tokens each  # fmt: skip
     for chunk in stream:
         if chunk.usage is not None:
             usage = chunk.usage

@@ -86,7 +86,7 @@ class Timings:
     preprocess_s: float = 0.0  # image loading, tiling, normalising and tokenising
     ttft_s: float = 0.0  # request start to first token (includes preprocessing and prefill)
     decode_s: float = 0.0  # after the first token
-    decode_tokens: int = 0  # tokens produced in decode steps (all sequences of the batch)
+    decode_tokens: int = 0  # this request's tokens after its first
     total_s: float = 0.0
 
     @property
