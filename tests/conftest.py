@@ -26,3 +26,19 @@ def kernel_device() -> str:
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture
+def selected_logits(monkeypatch):
+    """Records the logits every token is selected from (prefill's first token, then each decode step), one row per
+    running sequence."""
+    from engine.runtime.runner import ModelRunner
+
+    seen, real = [], ModelRunner.select
+
+    def spy(self, logits, rows, *args):
+        seen.append(logits.clone())
+        return real(self, logits, rows, *args)
+
+    monkeypatch.setattr(ModelRunner, "select", spy)
+    return seen

@@ -30,19 +30,6 @@ def hd_engine(root):
     return Engine.from_pretrained(make_checkpoint(root, "post", "hovle-hd"), device="cpu", dtype=torch.float32)
 
 
-@pytest.fixture
-def selected_logits(monkeypatch):
-    """Records the logits every token is selected from (prefill's first token, then each decode step)."""
-    seen, real = [], ModelRunner.select
-
-    def spy(self, logits, rows, *args):
-        seen.append(logits.clone())
-        return real(self, logits, rows, *args)
-
-    monkeypatch.setattr(ModelRunner, "select", spy)
-    return seen
-
-
 @pytest.mark.parametrize("which", ["engine", "hd_engine"])
 def test_cached_decode_equals_full_recomputation_every_step(which, request, selected_logits):
     eng = request.getfixturevalue(which)

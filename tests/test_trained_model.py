@@ -14,7 +14,6 @@ import torch
 from PIL import Image
 
 from engine import Engine
-from engine.runtime.runner import ModelRunner
 from engine.tooling.default_model import EXAMPLE_IMAGE, VARIANTS, ensure_default_model, example_questions
 from engine.tooling.scenes import COLOURED, PALETTE, example_scene, questions, random_scene, render, tile_grid
 from kernels._triton import HAS_TRITON, triton_usable
@@ -90,19 +89,6 @@ def test_example_questions_are_answered(engine, variant):
 # ---- batching and the KV cache on a model whose logits are not flat -------------------------------------------
 
 
-@pytest.fixture
-def selected(monkeypatch):
-    """The logits every token is selected from (prefill's first token, then each decode step), one row per sequence."""
-    seen, real = [], ModelRunner.select
-
-    def spy(self, logits, rows, *args):
-        seen.append(logits.clone())
-        return real(self, logits, rows, *args)
-
-    monkeypatch.setattr(ModelRunner, "select", spy)
-    return seen
-
-
 def _margin(logits: torch.Tensor) -> float:
     """Top-1 minus top-2 logit: near-ties are where exact comparisons get fragile."""
     top = logits.float().topk(2).values
@@ -118,7 +104,7 @@ def _held_out_prompts() -> list[tuple[Image.Image, str]]:
     return items
 
 
-def test_batch_equals_each_prompt_alone(engine, variant, selected):
+def test_batch_equals_each_prompt_alone(engine, variant, selected_logits):
     # each prompt alone runs cold, not from the pages the batch left in the prefix cache
     path = ensure_default_model(variant)
     cold = Engine.from_pretrained(path, device="cpu", dtype=torch.float32, prefix_caching=False)
@@ -126,19 +112,19 @@ def test_batch_equals_each_prompt_alone(engine, variant, selected):
     batch = engine.generate([q for _, q in items], [img for img, _ in items], max_new_tokens=24)
     assert len({len(r.token_ids) for r in batch}) > 1  # rows finish at different steps
     for (img, q), got in zip(items, batch):
-        selected.clear()
+        selected_logits.clear()
         alone = cold.generate(q, img, max_new_tokens=24)
-        report = f"{q!r}: top-2 margin per step {[_margin(logits[0]) for logits in selected]}"
+        report = f"{q!r}: top-2 margin per step {[_margin(logits[0]) for logits in selected_logits]}"
         print(report)
         assert got.token_ids == alone.token_ids, report
 
 
-def test_cached_decode_equals_full_recomputation(engine, selected):
+def test_cached_decode_equals_full_recomputation(engine, selected_logits):
     img, question = _held_out_prompts()[-1]
     req = engine.prepare([{"role": "user", "content": question}], [img])
     result = engine.generate(question, img, max_new_tokens=16, ignore_eos=True)
-    assert len(selected) == 16
-    for step, logits in enumerate(selected):
+    assert len(selected_logits) == 16
+    for step, logits in enumerate(selected_logits):
         fed = result.token_ids[:step]
         full = engine.prompt_logits(dataclasses.replace(req, ids_llm=req.ids_llm + fed, ids_emb=req.ids_emb + fed))[-1]
         print(f"step {step}: top-2 margin {_margin(full)}")
