@@ -15,7 +15,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from engine.errors import InputError, TokenizerError
-from engine.loaders.config import read_json
+from engine.loaders.json_file import read_json
 
 TOKENIZER_FILES = ("tokenizer.model", "added_tokens.json", "tokenizer_config.json", "special_tokens_map.json")
 IMAGE_PLACEHOLDER = "<image>"

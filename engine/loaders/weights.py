@@ -19,7 +19,8 @@ from safetensors import safe_open
 
 from ..errors import WeightsError
 from ..progress import ProgressBar
-from .config import HoVLEConfig, StackConfig, read_json
+from .config import HoVLEConfig, StackConfig
+from .json_file import read_json
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
