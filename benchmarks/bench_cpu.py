@@ -6,7 +6,6 @@ Rows go to benchmarks/results/cpu.jsonl with device, versions, commit and date. 
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -59,6 +58,5 @@ def default_model_speed() -> list[dict]:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("HOVLE_ENGINE_HOME", str(Path(tempfile.gettempdir()) / "hovle-engine-bench"))
     prov = provenance()
     append_rows([{**r, **prov} for r in reference_errors() + default_model_speed()], "cpu.jsonl")
