@@ -216,15 +216,21 @@ class ReferenceHoVLE:
         x = F.gelu(F.linear(x, self.w["pixel_shuffle_proj.0.weight"], self.w["pixel_shuffle_proj.0.bias"]))
         return F.linear(x, self.w["pixel_shuffle_proj.2.weight"], self.w["pixel_shuffle_proj.2.bias"])
 
-    def _place(self, ids: torch.Tensor, rows: torch.Tensor, base: torch.Tensor, what: str) -> torch.Tensor:
+    def _image_mask(self, ids: torch.Tensor, generated: int) -> torch.Tensor:
+        """IMG_CONTEXT positions of the prompt; the last `generated` ids are generated tokens, text even when a model
+        chose the IMG_CONTEXT id (decoding embeds every new token as text)."""
         is_img = ids == self.img_context_id
+        is_img[len(ids) - generated :] = False
+        return is_img
+
+    def _place(self, is_img: torch.Tensor, rows: torch.Tensor, base: torch.Tensor, what: str) -> torch.Tensor:
         if int(is_img.sum()) != rows.shape[0]:
             raise ValueError(f"{what}: {int(is_img.sum())} IMG_CONTEXT ids but {rows.shape[0]} image features")
         base = base.clone()
         base[is_img] = rows
         return base
 
-    def _embedding_input(self, ids: torch.Tensor, pixel_values) -> torch.Tensor:
+    def _embedding_input(self, ids: torch.Tensor, pixel_values, generated: int) -> torch.Tensor:
         x = self.w["llm_text_embeddings.weight"][ids]  # (L, C)
         if pixel_values is None:
             feats = x[:0]
@@ -233,19 +239,20 @@ class ReferenceHoVLE:
             if self.loc == "pre":
                 feats = self.project(pixel_shuffle(feats, self.ratio))  # (n, P*r^2, C)
             feats = feats.reshape(-1, x.shape[-1])  # (n*T, C), tile-major
-        return self._place(ids, feats, x, "embedding sequence")[None]  # (1, L, C)
+        return self._place(self._image_mask(ids, generated), feats, x, "embedding sequence")[None]  # (1, L, C)
 
-    def _post_llm_input(self, h: torch.Tensor, ids_emb, ids_llm, n_tiles: int) -> torch.Tensor:
-        is_img = ids_emb == self.img_context_id
+    def _post_llm_input(self, h: torch.Tensor, ids_emb, ids_llm, n_tiles: int, generated: int) -> torch.Tensor:
+        is_img = self._image_mask(ids_emb, generated)
         img, text = h[0, is_img], h[0, ~is_img]  # (n*P, C), (L_text, C)
         if n_tiles:
             img = img.reshape(n_tiles, -1, img.shape[-1])  # (n, P, C)
             img = self.project(pixel_shuffle(img, self.ratio)).reshape(-1, img.shape[-1])  # (n*P*r^2, C)
-        x, is_text = h.new_zeros(len(ids_llm), h.shape[-1]), ids_llm != self.img_context_id
+        llm_img = self._image_mask(ids_llm, generated)
+        x, is_text = h.new_zeros(len(ids_llm), h.shape[-1]), ~llm_img
         if text.shape[0] != int(is_text.sum()):
             raise ValueError(f"HD: {text.shape[0]} text ids in ids_emb but {int(is_text.sum())} in ids_llm")
         x[is_text] = text
-        return self._place(ids_llm, img, x, "LLM sequence")[None]  # (1, N, C)
+        return self._place(llm_img, img, x, "LLM sequence")[None]  # (1, N, C)
 
     def _llm_logits(self, x: torch.Tensor) -> torch.Tensor:
         if self.normalize:
@@ -256,17 +263,19 @@ class ReferenceHoVLE:
         return F.linear(h[0], self.w["output"]).float()  # (q, V), fp32 like the original's logits.float()
 
     @torch.no_grad()
-    def prefill(self, ids_emb: list[int], ids_llm: list[int], pixel_values: torch.Tensor | None = None):
-        """Logits (len(ids_llm), V) fp32 for every LLM position; fills both caches."""
+    def prefill(self, ids_emb: list[int], ids_llm: list[int], pixel_values: torch.Tensor | None = None,
+                generated: int = 0):  # fmt: skip
+        """Logits (len(ids_llm), V) fp32 for every LLM position; fills both caches. The last `generated` ids of both
+        sequences are generated tokens (a recomputation): always text."""
         if self.llm_cache.get_seq_length():
             raise RuntimeError("prefill was already called; build a fresh ReferenceHoVLE per sequence")
         if self.loc == "pre" and list(ids_emb) != list(ids_llm):
             raise ValueError("HoVLE ('pre') needs ids_emb == ids_llm")
         e_ids, l_ids = torch.tensor(ids_emb, device=self.device), torch.tensor(ids_llm, device=self.device)
-        x = self._embedding_input(e_ids, pixel_values)
+        x = self._embedding_input(e_ids, pixel_values, generated)
         h = self.emb(x, list(range(x.shape[1])), self.emb_cache, causal_mask(x.shape[1], 0, self.dtype, self.device))
         if self.loc == "post":
-            h = self._post_llm_input(h, e_ids, l_ids, 0 if pixel_values is None else pixel_values.shape[0])
+            h = self._post_llm_input(h, e_ids, l_ids, 0 if pixel_values is None else pixel_values.shape[0], generated)
         return self._llm_logits(h)
 
     @torch.no_grad()

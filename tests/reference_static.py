@@ -32,11 +32,11 @@ class StaticReferenceHoVLE(ReferenceHoVLE):
     @torch.no_grad()
     def prefill(self, ids_emb: list[int], ids_llm: list[int], pixel_values: torch.Tensor | None = None):
         e_ids, l_ids = torch.tensor(ids_emb, device=self.device), torch.tensor(ids_llm, device=self.device)
-        x = self._embedding_input(e_ids, pixel_values)
+        x = self._embedding_input(e_ids, pixel_values, 0)
         n_emb, n_llm = len(ids_emb), len(ids_llm)
         h = self.emb(x, list(range(n_emb)), self.emb_cache, self._mask(n_emb, 0, self.max_emb))
         if self.loc == "post":
-            h = self._post_llm_input(h, e_ids, l_ids, 0 if pixel_values is None else pixel_values.shape[0])
+            h = self._post_llm_input(h, e_ids, l_ids, 0 if pixel_values is None else pixel_values.shape[0], 0)
         if self.normalize:
             h = h / h.norm(dim=-1, keepdim=True)
         out = self.norm(self.llm(h, list(range(n_llm)), self.llm_cache, self._mask(n_llm, 0, self.max_llm)))

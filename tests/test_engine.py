@@ -13,6 +13,7 @@ from engine import Engine, InputError
 from engine.runtime.decode import DecodeStep
 from engine.runtime.runner import ModelRunner
 from tests.ckpt import make_checkpoint, noise_image
+from tests.reference import ReferenceHoVLE
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +42,21 @@ def test_cached_decode_equals_full_recomputation_every_step(which, request, sele
         grown = dataclasses.replace(req, ids_llm=req.ids_llm + fed, ids_emb=req.ids_emb + fed)
         full = eng.prompt_logits(grown)[-1]
         assert float((logits[0] - full).abs().max() / full.abs().max()) < 1e-5, f"step {step}"
+
+
+@pytest.mark.parametrize("name,variant", [("pre", "hovle"), ("post", "hovle-hd")])
+def test_a_generated_image_context_id_stays_text_when_recomputed(root, name, variant):
+    """A model may choose the IMG_CONTEXT id. Decoding embeds every new token as text, so recomputing the sequence
+    (after preemption, or scoring a continuation) must too, not take it for an image row."""
+    path = make_checkpoint(root, name, variant)
+    eng = Engine.from_pretrained(path, device="cpu", dtype=torch.float32)
+    ctx = eng.cfg.embedding.img_context_token_id
+    req = eng.prepare([{"role": "user", "content": "Describe."}], [noise_image(120, 60, 1)], 3)
+    fed = [ctx, 5, ctx]  # as if generated
+    grown = dataclasses.replace(req, ids_llm=req.ids_llm + fed, ids_emb=req.ids_emb + fed)
+    ours = eng.prompt_logits(grown)
+    theirs = ReferenceHoVLE.from_dir(str(path)).prefill(grown.ids_emb, grown.ids_llm, req.pixel_values, generated=3)
+    assert float((ours - theirs).abs().max() / theirs.abs().max()) < 1e-4
 
 
 def test_batch_equals_each_prompt_alone(engine):

@@ -60,7 +60,6 @@ class HoVLEModel:
         self.llm_stack = DecoderStack(m, llm_layers, ops)
         self.emb_rope = Rope(e.rope, self.device)
         self.llm_rope = Rope(m.rope, self.device)
-        self.ctx_id = cfg.embedding.img_context_token_id
 
     # ---- vision -------------------------------------------------------------------------------------------
     def patch_tokens(self, pixel_values: torch.Tensor, shuffle: bool = False) -> torch.Tensor:

@@ -11,12 +11,23 @@ tokens ready. The embedding outputs wait in a buffer until their tile is complet
 
 Rotary tables of every chunk are computed for the whole prompt's length (`rope_len`), so with dynamic-NTK RoPE a
 chunked prefill rotates exactly as one forward over the prompt would.
+
+Image rows are where the request's spans say, not wherever the IMG_CONTEXT id occurs: a sequence recomputed after
+preemption carries its generated tokens, and a generated IMG_CONTEXT id is text, as it was when decoded.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+
+def _span_mask(n: int, spans: list[tuple[int, int]]) -> np.ndarray:
+    """(n,) bool: True inside the [start, end) image spans."""
+    mask = np.zeros(n, dtype=bool)
+    for start, end in spans:
+        mask[start:end] = True
+    return mask
 
 
 class PromptPlan:
@@ -29,7 +40,7 @@ class PromptPlan:
         self.all_logits = all_logits
         self.pixel_values = pixel_values
         self._image_rows: torch.Tensor | None = None
-        is_ctx = np.asarray(ids_emb, dtype=np.int64) == model.ctx_id
+        is_ctx = self._emb_img = _span_mask(len(ids_emb), spans_emb)
         self._ctx_before = np.concatenate(([0], np.cumsum(is_ctx)))  # image rows before each embedding row
         if self.hd:
             self._hd_maps(is_ctx, spans_emb, spans_llm)
@@ -60,7 +71,7 @@ class PromptPlan:
         if r1 > r0:
             if self._image_rows is None:
                 self._image_rows = m.image_rows(self.pixel_values)
-            mask = torch.from_numpy(np.asarray(self.ids_emb[a:b]) == m.ctx_id).to(m.device)
+            mask = torch.from_numpy(self._emb_img[a:b]).to(m.device)
             x[mask] = self._image_rows[r0:r1]
         return x
 
@@ -82,7 +93,7 @@ class PromptPlan:
         n_llm = len(self.ids_llm)
         need = np.zeros(n_llm, dtype=np.int64)
         src = np.zeros(n_llm, dtype=np.int64)  # text: embedding row; image: row of the projected features
-        is_img = np.asarray(self.ids_llm, dtype=np.int64) == m.ctx_id
+        is_img = _span_mask(n_llm, spans_llm)
         text_rows = np.flatnonzero(~is_ctx)
         need[~is_img], src[~is_img] = text_rows + 1, text_rows
         self._tiles: list[tuple[int, int]] = []  # (first embedding row, first feature row) of each tile
