@@ -132,6 +132,27 @@ def test_cached_decode_equals_full_recomputation(engine, selected_logits):
         assert int(full.argmax()) == result.token_ids[step]
 
 
+# Bytes of KV cache that hold 8 pages of 16 tokens per stack: room for two or three of the eight captions at once.
+TIGHT_KV = {"hovle": 400_000, "hovle-hd": 800_000}
+
+
+def test_preempted_sequences_answer_as_if_never_preempted(engine, variant):
+    """Eight captions through a KV pool too small for them: sequences are preempted, then prefilled again with the
+    tokens they had generated (image rows placed from the prompt's spans), and every answer equals the roomy
+    engine's, token for token."""
+    scenes = [random_scene(seed) for seed in range(HELD_OUT_SEED + 1000, HELD_OUT_SEED + 1008)]
+    prompts = [next(q for q, _, kind in questions(s) if kind == "caption") for s in scenes]
+    images = [render(s) for s in scenes]
+    path = ensure_default_model(variant)
+    tight = Engine.from_pretrained(path, device="cpu", dtype=torch.float32, kv_cache_memory=TIGHT_KV[variant],
+                                   kv_page_size=16, prefix_caching=False)  # fmt: skip
+    got = tight.generate(prompts, images, max_new_tokens=32)
+    want = engine.generate(prompts, images, max_new_tokens=32)
+    assert tight.stats()["preemptions"] > 0
+    assert [(r.token_ids, r.finish_reason) for r in got] == [(r.token_ids, r.finish_reason) for r in want]
+    tight.close()
+
+
 # ---- the scene generator ----------------------------------------------------------------------------------------
 
 
