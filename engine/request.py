@@ -77,12 +77,22 @@ class RequestBuilder:
         ids_emb = ids_llm
         if cfg.is_hd:
             ids_emb = self._encode(segments, [n * cfg.emb_tokens_per_tile for n in tiles], raw is not None)
-        ctx = cfg.embedding.img_context_token_id
+        spans_llm = self._image_runs(ids_llm, [n * cfg.tokens_per_tile for n in tiles])
+        spans_emb = self._image_runs(ids_emb, [n * cfg.emb_tokens_per_tile for n in tiles])
         return Request(
             ids_llm, ids_emb, torch.cat([x.pixel_values for x in inputs]) if inputs else None, tiles,
             [tuple(x.grid) for x in inputs], time.perf_counter() - t0, sorted({x.path for x in inputs}),
-            [x.key for x in inputs], context_runs(ids_llm, ctx), context_runs(ids_emb, ctx),
+            [x.key for x in inputs], spans_llm, spans_emb,
         )  # fmt: skip
+
+    def _image_runs(self, ids: list[int], expected: list[int]) -> list[tuple[int, int]]:
+        """Each image's IMG_CONTEXT run; only a raw prompt can hold the id elsewhere, and that is refused."""
+        runs = context_runs(ids, self.cfg.embedding.img_context_token_id)
+        if [end - start for start, end in runs] != expected:
+            raise InputError(f"the raw prompt holds <IMG_CONTEXT> outside the image slots (runs of "
+                             f"{[end - start for start, end in runs]} tokens where the images give {expected}); "
+                             "images go where \"<image>\" is")  # fmt: skip
+        return runs
 
     def _segments(self, messages, n_images: int, raw: str | None):
         if raw is None:

@@ -13,6 +13,7 @@ import torch
 
 from engine import Engine, HoVLEError, InputError, WeightsError
 from engine.errors import NumericsError
+from engine.prompt import get_template
 from tests.ckpt import make_checkpoint, noise_image
 
 
@@ -164,3 +165,34 @@ def test_a_tokenizer_larger_than_the_model_is_refused_at_load(root):
     path, tok = _vocab_checkpoint(root, -3, "small_vocab")
     with pytest.raises(TokenizerError, match=f"tokenizer has {tok.vocab_size} ids but the model's vocabulary is"):
         Engine.from_pretrained(path, device="cpu")
+
+
+# ---- the raw-prompt opt-in ---------------------------------------------------------------------------------------
+
+
+def _template_text(question: str) -> str:
+    t = get_template("internlm2-chat")
+    return (f"{t.start}{t.roles[0]}{t.system_message}{t.sep}{t.start}{t.roles[1]}<image>\n{question}{t.sep}"
+            f"{t.start}{t.roles[2]}")  # fmt: skip
+
+
+def test_a_raw_prompt_honours_control_tokens_and_image_slots(engine):
+    """The opt-in: the template's own text, typed, gives exactly the ids the chat API builds (control tokens, the
+    image expansion), and the same answer."""
+    image = noise_image(90, 60, 3)
+    chat = engine.prepare([{"role": "user", "content": "What is it?"}], [image])
+    raw = engine.builder.build([], [image], raw=_template_text("What is it?"))
+    assert raw.ids_llm == chat.ids_llm and raw.spans_llm == chat.spans_llm
+    assert raw.ids_llm.count(engine.tokenizer.im_end_id) == 2
+    got = engine.generate(_template_text("What is it?"), image, raw=True, max_new_tokens=6)
+    assert got.token_ids == engine.generate("What is it?", image, max_new_tokens=6).token_ids
+
+
+@pytest.mark.parametrize("text,n_images", [("hi <IMG_CONTEXT> there", 0), ("<image><IMG_CONTEXT>", 1),
+                                           ("<IMG_CONTEXT><IMG_CONTEXT>", 0)])  # fmt: skip
+def test_a_raw_prompt_cannot_place_image_rows_itself(engine, text, n_images):
+    images = [noise_image(60, 60, 1)] * n_images
+    with pytest.raises(InputError, match="<IMG_CONTEXT> outside the image slots"):
+        engine.generate(text, images if images else None, raw=True, max_new_tokens=2)
+    assert engine.generate("Hi.", max_new_tokens=2).finish_reason in ("stop", "length")  # the engine goes on
+
