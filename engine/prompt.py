@@ -77,16 +77,19 @@ def build_prompt(template: ChatTemplate, messages: list[dict], system_message: s
     """
     if not isinstance(messages, list) or not messages:
         raise InputError("messages must be a non-empty list ending with a user turn")
+    first = 0  # messages[i] in errors is the caller's own index, a leading system message included
     if isinstance(messages[0], dict) and messages[0].get("role") == "system":
-        system_message, messages = _system_text(messages[0]), messages[1:]
+        system_message, first = _system_text(messages[0]), 1
+    if len(messages) == first:
+        raise InputError("messages hold only a system message; a user turn must follow it")
     system = template.system_message if system_message is None else system_message
     out = template.turn("system", [system])
-    for i, message in enumerate(messages):
-        expected = "user" if i % 2 == 0 else "assistant"
+    for i in range(first, len(messages)):
+        message, expected = messages[i], ("user", "assistant")[(i - first) % 2]
         if not isinstance(message, dict) or message.get("role") != expected:
             raise InputError(f"messages[{i}] must be {{'role': {expected!r}, ...}} (user first, then alternating)")
         out += template.turn(expected, _content(message.get("content"), i))
-    if len(messages) % 2 == 0:
+    if (len(messages) - first) % 2 == 0:
         raise InputError("messages must end with a user turn, but the last one is from the assistant")
     return out + template.turn("assistant", None)
 

@@ -179,6 +179,30 @@ def test_chat_multi_turn_builds_the_template_prompt(engine):
     assert result.prompt_tokens == len(req.ids_llm) and len(result.token_ids) == 5
 
 
+SYSTEM, USER, ASSISTANT = ({"role": r, "content": "x"} for r in ("system", "user", "assistant"))
+
+
+@pytest.mark.parametrize("messages,match", [
+    ([SYSTEM], "only a system message; a user turn must follow"),
+    ([SYSTEM, ASSISTANT], r"messages\[1\] must be \{'role': 'user'"),
+    ([SYSTEM, USER, USER], r"messages\[2\] must be \{'role': 'assistant'"),
+    ([USER, ASSISTANT], "must end with a user turn"),
+    ([SYSTEM, USER, ASSISTANT], "must end with a user turn"),
+    ([{"role": "tool", "content": "x"}], r"messages\[0\] must be \{'role': 'user'"),
+    ([SYSTEM, {"role": "user", "content": ""}], r"messages\[1\] content must be a non-empty str"),
+])  # fmt: skip
+def test_chat_structure_errors_name_the_callers_message(engine, messages, match):
+    """Errors point at the caller's own index (a leading system message counted) and say what was expected."""
+    with pytest.raises(InputError, match=match):
+        engine.chat(messages, max_new_tokens=1)
+
+
+def test_a_leading_system_message_replaces_the_default(engine):
+    req = engine.prepare([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi."}])
+    text = "<|im_start|>system\nBe brief.<|im_end|><|im_start|>user\nHi.<|im_end|><|im_start|>assistant\n"
+    assert req.ids_llm == engine.tokenizer.encode(text)
+
+
 def test_end_of_turn_as_the_first_token_gives_an_empty_answer(engine, monkeypatch):
     im_end = engine.tokenizer.im_end_id
     monkeypatch.setattr(ModelRunner, "first_tokens", lambda self, logits, rows, *a: ([im_end] * len(rows),
