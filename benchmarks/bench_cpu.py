@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import ROOT, append_rows, provenance  # noqa: E402
+from benchmarks.common import ROOT, append_rows, decode_tok_s_total, provenance  # noqa: E402
 from engine import Engine  # noqa: E402
 from engine.tooling.default_model import ensure_default_model  # noqa: E402
 
@@ -51,8 +51,7 @@ def default_model_speed() -> list[dict]:
             rows.append({"op": "default_model_generate", "model": variant, "batch": batch, "tiles": rs[0].tiles[0],
                          "prompt_tokens": rs[0].prompt_tokens, "ttft_ms": t.ttft_s * 1e3,
                          "decode_tok_s": t.decode_tok_s,  # one sequence's rate
-                         "decode_tok_s_total": sum(r.timings.decode_tokens for r in rs)
-                         / max(r.timings.decode_s for r in rs),
+                         "decode_tok_s_total": decode_tok_s_total(rs),
                          "threads": torch.get_num_threads()})  # fmt: skip
     return rows
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import RESULTS, append_rows, measured_peaks, provenance  # noqa: E402
+from benchmarks.common import RESULTS, append_rows, decode_tok_s_total, measured_peaks, provenance  # noqa: E402
 from benchmarks.e2e_common import (  # noqa: E402
     SCENARIOS,
     TEXT_PROMPT,
@@ -88,7 +88,7 @@ def _decode_row(eng: Engine, base: dict, b: int, new: int) -> dict:
     eng.generate([TEXT_PROMPT] * b, images, max_num=1, max_new_tokens=4, ignore_eos=True)  # warm-up of this bucket
     rs = eng.generate([TEXT_PROMPT] * b, images, max_num=1, max_new_tokens=new, ignore_eos=True)
     per_user = statistics.median(r.timings.decode_tok_s for r in rs)
-    total = sum(r.timings.decode_tokens for r in rs) / max(r.timings.decode_s for r in rs)
+    total = decode_tok_s_total(rs)
     step_s = b / total
     ctx = rs[0].prompt_tokens + new / 2  # mean context over the decode steps
     req = eng.prepare([{"role": "user", "content": TEXT_PROMPT}], [images[0]], 1)

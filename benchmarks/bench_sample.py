@@ -13,7 +13,7 @@ import torch
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import append_rows, device_ms, no_gpu, row  # noqa: E402
+from benchmarks.common import append_rows, no_gpu, time_providers  # noqa: E402
 from kernels.greedy import greedy  # noqa: E402
 from kernels.repetition_penalty import repetition_penalty, repetition_penalty_ref  # noqa: E402
 from kernels.sample import sample, sample_ref  # noqa: E402
@@ -63,15 +63,8 @@ def run() -> list[dict]:
     for b in BATCHES:
         logits = 3 * torch.randn(b, VOCAB, device="cuda")
         for name in ("greedy", "top_p_0.9+penalty"):
-            s = scenario(name, b)
-            for provider, fn in providers(s).items():
-                try:
-                    ms, timing = device_ms(lambda fn=fn, logits=logits: fn(logits))
-                except Exception as exc:  # noqa: BLE001 - report and skip this provider
-                    print(f"skipped {provider}: {type(exc).__name__}: {exc}", file=sys.stderr)
-                    continue
-                rows.append(row("sample", f"B={b} V={VOCAB} {name}", torch.float32, provider, ms,
-                                nbytes=b * VOCAB * 4, timing=timing))  # fmt: skip
+            rows += time_providers("sample", f"B={b} V={VOCAB} {name}", torch.float32, providers(scenario(name, b)),
+                                   (logits,), nbytes=b * VOCAB * 4)  # fmt: skip
     return rows
 
 

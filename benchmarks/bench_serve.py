@@ -64,8 +64,8 @@ def sweep(url: str, model: str, levels: list[int], requests: int, n_images: int,
     questions = ["What colour is the house?", "How many trees are there?", "Describe the image in one sentence."]
     rows = []
     for level in levels:
-        jobs = [(pool_images[i % len(pool_images) : i % len(pool_images) + n_images] or pool_images[:n_images],
-                 questions[i % len(questions)]) for i in range(requests)]  # fmt: skip
+        jobs = [([pool_images[(i + j) % len(pool_images)] for j in range(n_images)], questions[i % len(questions)])
+                for i in range(requests)]  # fmt: skip
         start = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(level) as pool:
             out = list(pool.map(lambda job: _one(client, model, job[0], job[1], max_tokens), jobs))
@@ -107,7 +107,8 @@ def main() -> int:
             rows = sweep(url, args.served_name, levels, args.requests, args.images, args.max_tokens)
         model = args.model or "embedded default hovle"
         rows = [{**r, "model": model, "engine_device": str(engine.model.device)} for r in rows]
-    rows = [{**r, **provenance()} for r in rows]
+    prov = provenance()
+    rows = [{**r, **prov} for r in rows]
     if args.record:
         append_rows(rows, "serve.jsonl")
     return 0

@@ -79,6 +79,11 @@ def no_gpu(name: str) -> bool:
     return True
 
 
+def decode_tok_s_total(results) -> float:
+    """A batch's decode rate over all its sequences: their decode tokens over the longest decode time."""
+    return sum(r.timings.decode_tokens for r in results) / max(r.timings.decode_s for r in results)
+
+
 def time_providers(op: str, shape: str, dtype, providers: dict, args: tuple, **row_extra) -> list[dict]:
     """One row per provider (name -> fn, or name -> (fn, args of its own)) that runs: the device time of its call
     (CUDA-graph replay where it can be captured), with bytes or flops in row_extra for the rates."""

@@ -8,11 +8,12 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from benchmarks.common import ROOT
 from benchmarks.e2e_common import SCENARIOS, TEXT_PROMPT, Run, peak_gb, photo, reset_memory, sync
-from engine import Engine
+from engine.loaders.config import HoVLEConfig
+from engine.loaders.tokenizer import Tokenizer
+from engine.prompt import get_template
+from engine.request import RequestBuilder
 
 
 def bench_reference(model: str, path: Path, new: int, static: bool) -> list[dict]:
@@ -22,7 +23,8 @@ def bench_reference(model: str, path: Path, new: int, static: bool) -> list[dict
 
     ref_mod.ATTN_IMPLEMENTATION = "sdpa"
     cls = StaticReferenceHoVLE if static else ref_mod.ReferenceHoVLE
-    prep = Engine.from_pretrained(path, device="cpu", dtype=torch.float32, kv_cache_memory=1 << 24)  # ids + tiles
+    cfg = HoVLEConfig.from_dir(path)  # ids + tiles only: no weights needed for them
+    prep = RequestBuilder(cfg, Tokenizer.from_dir(path), get_template(cfg.template), max(cfg.max_dynamic_patch, 1))
     reset_memory()
     t0 = time.perf_counter()
     ref = cls.from_dir(str(path), dtype=Run.dtype, device=Run.device)
@@ -31,7 +33,7 @@ def bench_reference(model: str, path: Path, new: int, static: bool) -> list[dict
     base, rows = {"model": model, "provider": provider, "load_s": time.perf_counter() - t0}, []
     for name, (size, max_num) in SCENARIOS.items():
         t1 = time.perf_counter()
-        req = prep.prepare([{"role": "user", "content": TEXT_PROMPT}], [photo(*size)] if size else [], max_num)
+        req = prep.build([{"role": "user", "content": TEXT_PROMPT}], [photo(*size)] if size else [], max_num)
         pixels = req.pixel_values.to(Run.device) if req.pixel_values is not None else None
         if static:
             ref.start(len(req.ids_emb) + new, len(req.ids_llm) + new, compile_mode=Run.compile_mode)
@@ -41,7 +43,6 @@ def bench_reference(model: str, path: Path, new: int, static: bool) -> list[dict
         sync()
         rows.append({**base, "scenario": f"ttft_{name}", "batch": 1, "ttft_ms": (time.perf_counter() - t1) * 1e3,
                      "prompt_tokens": len(req.ids_llm), "tiles": sum(req.tiles)})  # fmt: skip
-    prep.close()
     tok, warm = int(logits.argmax()), 3  # the first compiled steps compile and capture: not timed
     for _ in range(warm):
         tok = int(ref.decode_step(tok).argmax())

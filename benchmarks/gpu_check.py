@@ -124,7 +124,11 @@ def main() -> int:
     steps.append(step("gpu tests", [py, "-m", "pytest", "-q", "-n", "8", "-p", "no:cacheprovider", "--timeout", "150",
                                     *tests], min(100 if args.quick else 170, clock.left() - 100), log,
                       {"HOVLE_FULL_CKPT": ""}))  # fmt: skip
-    ckpt.wait(timeout=max(1, clock.left() - 60))
+    try:
+        ckpt.wait(timeout=max(1, clock.left() - 60))
+    except subprocess.TimeoutExpired:  # the steps that need it fail on their own; the summary and $OUT copy still run
+        ckpt.kill()
+        print("== full-size checkpoint: not written in time (see gpu-check-ckpt.log)", flush=True)
     e2e = ["--models", "hovle", "--batches", "1,64", "--providers", "graphs,hf-static"] if args.quick else \
           ["--batches", "1,8,64", "--new-tokens", "128"]  # fmt: skip
     e2e_time = min(90 if args.quick else 170, clock.left() - (5 if args.quick else 70))

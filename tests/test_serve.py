@@ -9,7 +9,6 @@ up.
 
 import base64
 import concurrent.futures
-import io
 import time
 
 import httpx
@@ -118,9 +117,7 @@ def _status(call) -> tuple[int, dict]:
 
 def _bomb() -> str:
     """A small PNG whose header claims 10000 x 9000 pixels: past the decompression-bomb limit."""
-    buf = io.BytesIO()
-    Image.new("1", (10000, 9000)).save(buf, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return data_url(Image.new("1", (10000, 9000)))
 
 
 ERRORS = {

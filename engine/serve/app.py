@@ -17,7 +17,6 @@ import uuid
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import ValidationError
@@ -68,10 +67,6 @@ def build_app(engine: Engine, config: ServerConfig) -> FastAPI:
     @app.exception_handler(ApiError)
     async def api_error(_, exc: ApiError):
         return JSONResponse(exc.body(), status_code=exc.status)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_, exc: RequestValidationError):
-        return JSONResponse(ApiError(400, str(exc.errors()[:3])).body(), status_code=400)
 
     @app.exception_handler(HTTPException)
     async def http_error(_, exc: HTTPException):
@@ -128,10 +123,13 @@ async def _parse(request: Request, config: ServerConfig) -> ChatRequest:
 
 
 async def _submit(engine: Engine, body: ChatRequest, config: ServerConfig):
-    messages, images = to_engine(body, config.max_images, config.max_image_bytes, config.media_root)
+    def prepare():  # base64 decoding, file checks, tiling: in a worker thread, off the event loop
+        messages, images = to_engine(body, config.max_images, config.max_image_bytes, config.media_root)
+        return engine.builder.build(messages, images, body.max_dynamic_patch)
+
     events = _Events(asyncio.get_running_loop())
     try:
-        req = await run_in_threadpool(engine.builder.build, messages, images, body.max_dynamic_patch)
+        req = await run_in_threadpool(prepare)
         params = SamplingParams.build(**body.sampling(UNBOUNDED))
         [seq] = engine.submit([req], params, events, stream=body.stream)
     except (Overloaded, EngineClosed) as exc:

@@ -105,6 +105,9 @@ class ChatRequest(BaseModel):
 
 def to_engine(body: ChatRequest, max_images: int, max_image_bytes: int, media_root: str | None):
     """(messages with ImageSlot parts, images as bytes or paths) in the order the image parts appear."""
+    n_images = sum(isinstance(p, ImagePart) for m in body.messages if not isinstance(m.content, str) for p in m.content)
+    if n_images > max_images:  # before any image is decoded
+        raise ApiError(400, f"{n_images} images in one request; this server accepts at most {max_images}")
     messages, images = [], []
     for i, m in enumerate(body.messages):
         if isinstance(m.content, str):
@@ -120,8 +123,6 @@ def to_engine(body: ChatRequest, max_images: int, max_image_bytes: int, media_ro
             images.append(_image_source(part.image_url.url, max_image_bytes, media_root))
             parts += [ImageSlot(len(images) - 1), "\n"]  # "<image>\n" per image part, as InternVL's templates
         messages.append({"role": m.role, "content": parts or [""]})
-    if len(images) > max_images:
-        raise ApiError(400, f"{len(images)} images in one request; this server accepts at most {max_images}")
     return messages, images
 
 
