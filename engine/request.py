@@ -73,12 +73,14 @@ class RequestBuilder:
         segments = self._segments(messages, len(images), raw)
         inputs = [self._image(img, max_num, k) for k, img in enumerate(images)]
         tiles = [x.num_tiles for x in inputs]
-        ids_llm = self._encode(segments, [n * cfg.tokens_per_tile for n in tiles], raw is not None)
+        counts_llm = [n * cfg.tokens_per_tile for n in tiles]  # IMG_CONTEXT tokens per image
+        ids_llm = self._encode(segments, counts_llm, raw is not None)
+        spans_llm = spans_emb = self._image_runs(ids_llm, counts_llm)
         ids_emb = ids_llm
         if cfg.is_hd:
-            ids_emb = self._encode(segments, [n * cfg.emb_tokens_per_tile for n in tiles], raw is not None)
-        spans_llm = self._image_runs(ids_llm, [n * cfg.tokens_per_tile for n in tiles])
-        spans_emb = self._image_runs(ids_emb, [n * cfg.emb_tokens_per_tile for n in tiles])
+            counts_emb = [n * cfg.emb_tokens_per_tile for n in tiles]
+            ids_emb = self._encode(segments, counts_emb, raw is not None)
+            spans_emb = self._image_runs(ids_emb, counts_emb)
         return Request(
             ids_llm, ids_emb, torch.cat([x.pixel_values for x in inputs]) if inputs else None, tiles,
             [tuple(x.grid) for x in inputs], time.perf_counter() - t0, sorted({x.path for x in inputs}),

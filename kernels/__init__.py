@@ -43,7 +43,6 @@ class Ops:
     attention: Callable
     decode_attention: Callable
     kv_store: Callable
-    swiglu: Callable
     patch_embed: Callable
     pixel_shuffle: Callable
     repetition_penalty: Callable
@@ -61,7 +60,6 @@ TORCH_OPS = Ops(
     attention=attention_torch,
     decode_attention=decode_attention_torch,
     kv_store=kv_store_ref,
-    swiglu=swiglu_ref,
     patch_embed=patch_embed_ref,
     pixel_shuffle=pixel_shuffle_ref,
     repetition_penalty=repetition_penalty_ref,
@@ -76,7 +74,6 @@ _LAUNCHERS = {  # Ops field -> (module, Triton launcher name)
     "attention": ("attention_select", "attention_auto"),
     "decode_attention": ("decode_attention", "decode_attention"),
     "kv_store": ("kv_store", "kv_store"),
-    "swiglu": ("swiglu", "swiglu"),
     "patch_embed": ("patch_embed", "patch_embed"),
     "pixel_shuffle": ("pixel_shuffle", "pixel_shuffle"),
     "repetition_penalty": ("repetition_penalty", "repetition_penalty"),

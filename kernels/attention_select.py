@@ -17,11 +17,12 @@ from __future__ import annotations
 import contextlib
 
 import torch
-import torch.nn.functional as F
 
 from ._triton import triton, triton_usable
 from .attention import attention
+from .flash_attn_backend import flash_attn_module
 from .rotary import rotary_ref
+from .torch_backend import _sdpa as sdpa_gqa
 
 
 def _rotated(q, k, cos, sin):
@@ -46,7 +47,7 @@ def _sdpa(backend: str | None):
         qb, kb, vb = (t.transpose(0, 1)[None] for t in (qr, kr, v))  # (T, H, D) -> (1, H, T, D) views
         backends = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION}
         with sdpa_kernel(backends[backend]) if backend else contextlib.nullcontext():
-            o = F.scaled_dot_product_attention(qb, kb, vb, is_causal=True, scale=scale, enable_gqa=True)
+            o = sdpa_gqa(qb, kb, vb, causal=True, scale=scale)
         return o[0].transpose(0, 1)  # (1, Hq, T, D) -> (T, Hq, D)
 
     return run
@@ -64,12 +65,8 @@ _CHOICE = None
 
 def _candidates() -> dict:
     cands = {"triton": _ours, "sdpa-cudnn": _sdpa("cudnn"), "sdpa-flash": _sdpa("flash"), "sdpa": _sdpa(None)}
-    try:
-        import flash_attn  # noqa: F401
-
+    if flash_attn_module() is not None:
         cands["flash-attn"] = _flash_attn
-    except ImportError:
-        pass
     return cands
 
 

@@ -66,9 +66,16 @@ class Choice:
         return self.chosen[key]
 
     def __call__(self, key: Hashable, *args, **kwargs):
-        measurable = torch.cuda.is_available() and not torch.cuda.is_current_stream_capturing()
-        device_args = [a for a in args if isinstance(a, torch.Tensor)]
-        measurable = measurable and bool(device_args) and device_args[0].device.type == "cuda"
-        name = self.pick(key, args, kwargs, measurable)
+        name = self.forced() or self.chosen.get(key)  # the per-call path: no device queries once a key is known
+        if name is None:
+            name = self.pick(key, args, kwargs, _measurable(args))
         self.calls[name] += 1
         return self.candidates[name](*args, **kwargs)
+
+
+def _measurable(args: tuple) -> bool:
+    """Timing is possible: the first tensor argument is on a CUDA device and no graph is being captured."""
+    if not torch.cuda.is_available() or torch.cuda.is_current_stream_capturing():
+        return False
+    first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+    return first is not None and first.device.type == "cuda"

@@ -95,11 +95,12 @@ class HoVLEModel:
         """The 8 embedding layers over (T, C) -> their output (no final norm)."""
         return self.emb_stack.forward(x, batch, cache)
 
-    def llm_forward(self, x: torch.Tensor, batch: StackBatch, cache) -> torch.Tensor:
-        """LLM inputs (T, C) -> final-normed hidden states (T, C); normalize_encoder_output applied first."""
+    def llm_forward(self, x: torch.Tensor, batch: StackBatch, cache, head: torch.Tensor | None = None) -> torch.Tensor:
+        """LLM inputs (T, C) -> final-normed hidden states (T, C), or with `head` the logits (T, V) in the activation
+        dtype; normalize_encoder_output applied first."""
         if self.cfg.normalize_encoder_output:
             x = x / x.norm(dim=-1, keepdim=True)  # no epsilon, as the reference
-        return self.llm_stack.forward(x, batch, cache, final_norm=self.final_norm)
+        return self.llm_stack.forward(x, batch, cache, self.final_norm, head)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(T, C) final hidden states -> (T, V) fp32 logits."""
@@ -109,6 +110,4 @@ class HoVLEModel:
         """One new token per sequence through both stacks, from device tensors only. tokens (B,) -> logits (B, V)
         (the final norm and the output head go through ops.norm_linear together)."""
         h = self.emb_forward(self.embed(tokens), emb, emb_cache)
-        if self.cfg.normalize_encoder_output:
-            h = h / h.norm(dim=-1, keepdim=True)
-        return self.llm_stack.forward(h, llm, llm_cache, self.final_norm, self.head).float()
+        return self.llm_forward(h, llm, llm_cache, self.head).float()

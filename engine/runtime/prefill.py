@@ -40,10 +40,10 @@ class PromptPlan:
         self.all_logits = all_logits
         self.pixel_values = pixel_values
         self._image_rows: torch.Tensor | None = None
-        is_ctx = self._emb_img = _span_mask(len(ids_emb), spans_emb)
-        self._ctx_before = np.concatenate(([0], np.cumsum(is_ctx)))  # image rows before each embedding row
+        self._emb_img = _span_mask(len(ids_emb), spans_emb)  # image rows of the embedding sequence
+        self._ctx_before = np.concatenate(([0], np.cumsum(self._emb_img)))  # image rows before each embedding row
         if self.hd:
-            self._hd_maps(is_ctx, spans_emb, spans_llm)
+            self._hd_maps(spans_emb, spans_llm)
 
     @property
     def finished(self) -> bool:
@@ -87,14 +87,14 @@ class PromptPlan:
         return l0, l1, (self._llm_inputs(l0, l1) if l1 > l0 else None)
 
     # ---- HoVLE-HD -----------------------------------------------------------------------------------------
-    def _hd_maps(self, is_ctx: np.ndarray, spans_emb, spans_llm) -> None:
+    def _hd_maps(self, spans_emb, spans_llm) -> None:
         m, cfg = self.model, self.model.cfg
         per_tile_emb, per_tile_llm = cfg.patches_per_tile, cfg.tokens_per_tile
         n_llm = len(self.ids_llm)
         need = np.zeros(n_llm, dtype=np.int64)
         src = np.zeros(n_llm, dtype=np.int64)  # text: embedding row; image: row of the projected features
         is_img = _span_mask(n_llm, spans_llm)
-        text_rows = np.flatnonzero(~is_ctx)
+        text_rows = np.flatnonzero(~self._emb_img)
         need[~is_img], src[~is_img] = text_rows + 1, text_rows
         self._tiles: list[tuple[int, int]] = []  # (first embedding row, first feature row) of each tile
         feat = 0
