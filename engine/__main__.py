@@ -146,9 +146,7 @@ def _write_default(args) -> Path:
 
     if not args.random:
         return copy_default_model(args.out, args.variant, overwrite=args.overwrite)
-    sizes = {} if not args.full_size else dict(hidden=2048, intermediate=8192, heads=16, kv_heads=8,
-                                               emb_layers=8, llm_layers=24, image_size=448)  # fmt: skip
-    return write_default_model(args.out, args.variant, overwrite=args.overwrite, **sizes)
+    return write_default_model(args.out, args.variant, overwrite=args.overwrite, tiny=not args.full_size)
 
 
 def _dispatch(args) -> None:

@@ -8,6 +8,7 @@ half-written checkpoint never appears under `dst_dir`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -152,10 +153,7 @@ def write_checkpoint(
     if max_shard_bytes <= 0:
         raise ValueError(f"max_shard_bytes={max_shard_bytes}: expected a positive byte count")
     dst = Path(dst_dir)
-    _check_destination(dst, overwrite)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _sibling_dir(dst, ".tmp")
-    try:
+    with atomic_folder(dst, overwrite) as tmp:
         _write_json(tmp / "config.json", config_dict)
         weight_map, total = _write_shards(tmp, _items(tensors), max_shard_bytes, single_file)
         if not single_file:
@@ -164,8 +162,19 @@ def write_checkpoint(
         _write_json(tmp / GENERATION_CONFIG_FILE, GENERATION_CONFIG)
         taken = {"config.json", INDEX_FILE, *weight_map.values()}
         _write_extra(tmp, extra_files or {}, taken)
+    return dst
+
+
+@contextlib.contextmanager
+def atomic_folder(dst: Path, overwrite: bool) -> Iterator[Path]:
+    """A sibling temporary folder to fill: renamed into place as `dst` when the block ends (an existing non-empty
+    `dst` is replaced only with overwrite, and kept until the new one is in place), removed if the block raises."""
+    _check_destination(dst, overwrite)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling_dir(dst, ".tmp")
+    try:
+        yield tmp
         _move_into_place(tmp, dst, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return dst

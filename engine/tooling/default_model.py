@@ -12,10 +12,8 @@ random checkpoint too) and `random_tensors` streams seeded random weights under 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
-import uuid
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +25,7 @@ from ..errors import WeightsError
 from ..loaders.config import HoVLEConfig
 from ..loaders.tokenizer import TOKENIZER_FILES, Tokenizer
 from ..loaders.weights import expected_tensors
-from .checkpoint_writer import write_checkpoint
+from .checkpoint_writer import DEFAULT_MAX_SHARD_BYTES, atomic_folder, write_checkpoint
 from .tokenizer_trainer import write_tokenizer_files
 
 VARIANTS = ("hovle", "hovle-hd")
@@ -121,11 +119,16 @@ def random_tensors(cfg: HoVLEConfig, seed: int = 0) -> Iterator[tuple[str, torch
         yield name, torch.randn(shape, generator=gen, dtype=torch.float32) * std + mean
 
 
+def tokenizer_files(folder: str | Path) -> dict[str, bytes]:
+    """A tokenizer folder's files by name, as bytes (to go into a checkpoint folder)."""
+    return {name: (Path(folder) / name).read_bytes() for name in TOKENIZER_FILES}
+
+
 def bundled_tokenizer() -> tuple[Tokenizer, dict[str, bytes]]:
     """The tokenizer trained on the bundled text, and its files' bytes (to go into a checkpoint folder)."""
     with tempfile.TemporaryDirectory(prefix=".hovle-tok-") as tmp:
         tok = write_tokenizer_files(Path(tmp) / "tok")
-        return tok, {name: (Path(tmp) / "tok" / name).read_bytes() for name in TOKENIZER_FILES}
+        return tok, tokenizer_files(Path(tmp) / "tok")
 
 
 def write_default_model(
@@ -134,20 +137,23 @@ def write_default_model(
     *,
     overwrite: bool = False,
     tokenizer_dir: str | Path | None = None,
+    tiny: bool = True,
     **sizes,
 ) -> Path:
-    """Writes the tiny model with RANDOM weights to `dst`, atomically. Its tokenizer is trained on the bundled text,
-    or copied from `tokenizer_dir` (the training script starts from its own tokenizer)."""
+    """Writes a model with RANDOM weights to `dst`, atomically: the TINY sizes (tiny=True, small shards) or the real
+    HoVLE sizes (tiny=False, the release's 5 GB shards), `sizes` overriding either. Its tokenizer is trained on the
+    bundled text, or copied from `tokenizer_dir` (the training script starts from its own tokenizer)."""
     dst = Path(dst)
     if tokenizer_dir is None:
         tok, files = bundled_tokenizer()
     else:
         tok = Tokenizer.from_dir(tokenizer_dir)
-        files = {name: (Path(tokenizer_dir) / name).read_bytes() for name in TOKENIZER_FILES}
+        files = tokenizer_files(tokenizer_dir)
     raw = config_dict(variant, vocab_size=tok.vocab_size, img_context_token_id=tok.img_context_id,
-                      **{**TINY, **sizes})  # fmt: skip
+                      **({**TINY, **sizes} if tiny else sizes))  # fmt: skip
     cfg = HoVLEConfig.from_dict(raw)
-    write_checkpoint(dst, raw, random_tensors(cfg), max_shard_bytes=4 << 20, extra_files=files, overwrite=overwrite)
+    shard = 4 << 20 if tiny else DEFAULT_MAX_SHARD_BYTES  # tiny: still several shards, as a released checkpoint has
+    write_checkpoint(dst, raw, random_tensors(cfg), max_shard_bytes=shard, extra_files=files, overwrite=overwrite)
     return dst
 
 
@@ -163,22 +169,11 @@ def ensure_default_model(variant: str = "hovle") -> Path:
 
 
 def copy_default_model(dst: str | Path, variant: str = "hovle", *, overwrite: bool = False) -> Path:
-    """Copies the shipped trained model of `variant` to `dst`, atomically (a sibling temp folder renamed into place);
-    an existing non-empty `dst` is replaced only with overwrite=True."""
+    """Copies the shipped trained model of `variant` to `dst`, atomically, as write_checkpoint writes (an existing
+    non-empty `dst` is replaced only with overwrite=True)."""
     src, dst = ensure_default_model(variant), Path(dst)
-    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())) and not overwrite:
-        raise WeightsError(f"{dst} exists and is not empty; pass overwrite=True to replace it")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.parent / f".{dst.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        shutil.copytree(src, tmp)
-        if dst.is_dir():
-            shutil.rmtree(dst)
-        elif dst.exists():
-            dst.unlink()
-        os.replace(tmp, dst)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_folder(dst, overwrite) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
     return dst
 
 
