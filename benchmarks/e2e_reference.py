@@ -21,13 +21,12 @@ def bench_reference(model: str, path: Path, new: int, static: bool) -> list[dict
     import tests.reference as ref_mod
     from tests.reference_static import StaticReferenceHoVLE
 
-    ref_mod.ATTN_IMPLEMENTATION = "sdpa"
     cls = StaticReferenceHoVLE if static else ref_mod.ReferenceHoVLE
     cfg = HoVLEConfig.from_dir(path)  # ids + tiles only: no weights needed for them
     prep = RequestBuilder(cfg, Tokenizer.from_dir(path), get_template(cfg.template), max(cfg.max_dynamic_patch, 1))
     reset_memory()
     t0 = time.perf_counter()
-    ref = cls.from_dir(str(path), dtype=Run.dtype, device=Run.device)
+    ref = cls.from_dir(str(path), dtype=Run.dtype, device=Run.device, attn="sdpa")
     sync()
     provider = "hf-reference-static-compile" if static else "hf-reference-sdpa"
     base, rows = {"model": model, "provider": provider, "load_s": time.perf_counter() - t0}, []

@@ -61,12 +61,9 @@ def rope_parameters(c: dict) -> dict:
     return params
 
 
-ATTN_IMPLEMENTATION = "eager"  # the tests' setting; the end-to-end benchmark switches it to "sdpa"
-
-
-def llama_config(c: dict, eps_default: float, max_pos_default: int) -> LlamaConfig:
+def llama_config(c: dict, eps_default: float, max_pos_default: int, attn: str) -> LlamaConfig:
     sizes = {k: int(c[k]) for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")}
-    fixed = dict(attention_bias=False, mlp_bias=False, hidden_act="silu", attn_implementation=ATTN_IMPLEMENTATION)
+    fixed = dict(attention_bias=False, mlp_bias=False, hidden_act="silu", attn_implementation=attn)
     return LlamaConfig(
         **sizes,
         **fixed,
@@ -162,7 +159,9 @@ def take(tensors: dict, name: str) -> torch.Tensor:
 class ReferenceHoVLE:
     """One sequence's reference state: prefill once, then decode_step / greedy."""
 
-    def __init__(self, config: dict, tensors: dict, dtype=torch.float32, device="cpu"):
+    def __init__(self, config: dict, tensors: dict, dtype=torch.float32, device="cpu", attn: str = "eager"):
+        """attn: transformers' attention implementation ("eager" in the tests; "sdpa" for the benchmark and
+        the training script)."""
         ec, lc = config["embedding_config"], config["llm_config"]
         self.dtype, self.device = dtype, torch.device(device)
         self.loc = ec.get("pixel_shuffle_loc", "pre")
@@ -173,8 +172,8 @@ class ReferenceHoVLE:
         self.img_context_id = int(ec["img_context_token_id"])
         self.patch = int(ec["patch_size"])
         self.image_size = int(config.get("force_image_size") or ec["image_size"])
-        self.emb = Stack(llama_config(ec, 1e-5, 4096), tensors, EMB + "encoder.", dtype, self.device)
-        self.llm = Stack(llama_config(lc, 1e-6, 2048), tensors, LLM + "model.layers.", dtype, self.device)
+        self.emb = Stack(llama_config(ec, 1e-5, 4096, attn), tensors, EMB + "encoder.", dtype, self.device)
+        self.llm = Stack(llama_config(lc, 1e-6, 2048, attn), tensors, LLM + "model.layers.", dtype, self.device)
         self.norm = LlamaRMSNorm(lc["hidden_size"], eps=self.llm.cfg.rms_norm_eps).to(self.device, dtype)
         self.norm.weight.data.copy_(take(tensors, LLM + "model.norm.weight"))
         self.w = self._small_weights(tensors)
@@ -193,10 +192,10 @@ class ReferenceHoVLE:
         return w
 
     @classmethod
-    def from_dir(cls, path: str, dtype=torch.float32, device="cpu") -> "ReferenceHoVLE":
+    def from_dir(cls, path: str, dtype=torch.float32, device="cpu", attn: str = "eager") -> "ReferenceHoVLE":
         with open(f"{path}/config.json") as f:
             config = json.load(f)
-        return cls(config, load_tensors(path), dtype, device)
+        return cls(config, load_tensors(path), dtype, device, attn)
 
     def vision_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(n, 3, H, W) -> (n, P, C): conv patches plus (bicubic-resized) position rows 1.. (row 0 = unused CLS)."""

@@ -19,7 +19,7 @@ from engine.tooling.scenes import COLOURED, PALETTE, example_scene, questions, r
 from kernels._triton import HAS_TRITON, triton_usable
 from tests.reference import ReferenceHoVLE, load_tensors, split_wqkv
 from tools.scene_data import ATTRIBUTE_KINDS, HELD_OUT_SEED, answer_ids, held_out, pack, pick_questions, score
-from tools.train_default_model import Recipe, start_checkpoint, train
+from tools.train_default_model import Recipe, start_checkpoint, train, write_tokenizer
 from tools.train_model import TrainableHoVLE, fuse_wqkv
 
 HELD_OUT_SCENES = 100
@@ -95,13 +95,15 @@ def _margin(logits: torch.Tensor) -> float:
     return round(float(top[0] - top[1]), 3)
 
 
+def _captions(n: int) -> list[tuple[Image.Image, str]]:
+    """(picture, caption question) of n held-out scenes: a sentence to answer, many decode steps."""
+    scenes = [random_scene(seed) for seed in range(HELD_OUT_SEED + 1000, HELD_OUT_SEED + 1000 + n)]
+    return [(render(s), next(q for q, _, kind in questions(s) if kind == "caption")) for s in scenes]
+
+
 def _held_out_prompts() -> list[tuple[Image.Image, str]]:
-    """Attribute questions (short answers) and captions (a sentence: many decode steps), 1 to 12 tiles."""
-    items = [(img, q) for img, q, _, _ in held_out(3, 56)[::2]]
-    for seed in range(HELD_OUT_SEED + 1000, HELD_OUT_SEED + 1002):
-        scene = random_scene(seed)
-        items.append((render(scene), next(q for q, _, kind in questions(scene) if kind == "caption")))
-    return items
+    """Attribute questions (short answers) and captions, 1 to 12 tiles."""
+    return [(img, q) for img, q, _, _ in held_out(3, 56)[::2]] + _captions(2)
 
 
 def test_batch_equals_each_prompt_alone(engine, variant, selected_logits):
@@ -120,7 +122,7 @@ def test_batch_equals_each_prompt_alone(engine, variant, selected_logits):
 
 
 def test_cached_decode_equals_full_recomputation(engine, selected_logits):
-    img, question = _held_out_prompts()[-1]
+    img, question = _captions(2)[-1]
     req = engine.prepare([{"role": "user", "content": question}], [img])
     result = engine.generate(question, img, max_new_tokens=16, ignore_eos=True)
     assert len(selected_logits) == 16
@@ -140,9 +142,7 @@ def test_preempted_sequences_answer_as_if_never_preempted(engine, variant):
     """Eight captions through a KV pool too small for them: sequences are preempted, then prefilled again with the
     tokens they had generated (image rows placed from the prompt's spans), and every answer equals the roomy
     engine's, token for token."""
-    scenes = [random_scene(seed) for seed in range(HELD_OUT_SEED + 1000, HELD_OUT_SEED + 1008)]
-    prompts = [next(q for q, _, kind in questions(s) if kind == "caption") for s in scenes]
-    images = [render(s) for s in scenes]
+    images, prompts = map(list, zip(*_captions(8)))
     path = ensure_default_model(variant)
     tight = Engine.from_pretrained(path, device="cpu", dtype=torch.float32, kv_cache_memory=TIGHT_KV[variant],
                                    kv_page_size=16, prefix_caching=False)  # fmt: skip
@@ -194,7 +194,7 @@ def test_fuse_wqkv_inverts_split(n_heads, n_kv, head_dim):
 @pytest.fixture(scope="module")
 def tiny_inits(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_train")
-    start_checkpoint(root, "hovle", TINY)
+    write_tokenizer(root / "tokenizer", TINY)
     return {v: start_checkpoint(root, v, TINY, root / "tokenizer") for v in VARIANTS}
 
 

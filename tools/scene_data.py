@@ -23,8 +23,7 @@ from engine.tooling.scenes import KINDS, Scene, questions, random_scene, render,
 
 ATTRIBUTE_KINDS = ("colour", "count", "presence", "relation", "biggest")
 REGION_CHANNELS = 2 * len(KINDS) + 2  # see token_regions
-TRAIN_SEEDS = 1_000_000  # training scenes use seeds from 0 on; held-out tests use seeds from HELD_OUT_SEED on
-HELD_OUT_SEED = 900_000_000
+HELD_OUT_SEED = 900_000_000  # held-out scenes use seeds from here on; training scenes count up from 0
 # Questions per kind and image in training (the caption, long, on every other image: see scene_example).
 PER_KIND = {"colour": 1, "count": 2, "presence": 2, "relation": 3, "biggest": 1, "caption": 1}
 

@@ -27,13 +27,12 @@ from pathlib import Path
 import torch
 
 from engine import Engine
-from engine.loaders.tokenizer import TOKENIZER_FILES
 from engine.tooling.checkpoint_writer import write_checkpoint
-from engine.tooling.default_model import VARIANTS, write_default_model
+from engine.tooling.default_model import VARIANTS, tokenizer_files, write_default_model
 from engine.tooling.tokenizer_trainer import write_tokenizer_files
 from tests.reference import load_tensors
 
-from .scene_data import PER_KIND, Packed, corpus_lines, scene_example
+from .scene_data import Packed, corpus_lines, scene_example
 from .train_model import TrainableHoVLE
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,19 +74,16 @@ def write_tokenizer(dst: Path, r: Recipe) -> None:
         write_tokenizer_files(dst, corpus, r.vocab_size)
 
 
-def start_checkpoint(dst: Path, variant: str, r: Recipe, tokenizer_dir: Path | None = None) -> Path:
-    """The random starting checkpoint (released layout) and its tokenizer, under dst."""
-    if tokenizer_dir is None:
-        tokenizer_dir = dst / "tokenizer"
-        write_tokenizer(tokenizer_dir, r)
+def start_checkpoint(dst: Path, variant: str, r: Recipe, tokenizer_dir: Path) -> Path:
+    """The random starting checkpoint (released layout) under dst, with the tokenizer of `tokenizer_dir`."""
     return write_default_model(dst / f"init-{variant}", variant, tokenizer_dir=tokenizer_dir, overwrite=True,
                                **r.sizes)  # fmt: skip
 
 
-def step_batch(engine: Engine, r: Recipe, step: int, per_kind: dict) -> list[Packed]:
+def step_batch(engine: Engine, r: Recipe, step: int) -> list[Packed]:
     """The scenes of `step` (seeds first_seed + step * batch + i), packed, shortest first."""
     seeds = range(r.first_seed + step * r.batch, r.first_seed + (step + 1) * r.batch)
-    return sorted((scene_example(engine, seed, per_kind) for seed in seeds), key=lambda p: len(p.ids_emb))
+    return sorted((scene_example(engine, seed) for seed in seeds), key=lambda p: len(p.ids_emb))
 
 
 _WORKER: dict = {}
@@ -98,23 +94,23 @@ def _worker_start(init: str) -> None:
     _WORKER["engine"] = Engine.from_pretrained(init, device="cpu", dtype=torch.float32, backend="torch")
 
 
-def _worker_batch(r: Recipe, step: int, per_kind: dict) -> list[Packed]:
-    return step_batch(_WORKER["engine"], r, step, per_kind)
+def _worker_batch(r: Recipe, step: int) -> list[Packed]:
+    return step_batch(_WORKER["engine"], r, step)
 
 
-def batches(init: Path, r: Recipe, per_kind: dict) -> Iterator[list[Packed]]:
+def batches(init: Path, r: Recipe) -> Iterator[list[Packed]]:
     """Every step's batch in order. With r.prefetch a worker process builds them two steps ahead, so rendering and
     tokenising overlap the training step; each batch depends only on its step, so the data are the same."""
     if not r.prefetch:
         engine = Engine.from_pretrained(init, device="cpu", dtype=torch.float32, backend="torch")
-        yield from (step_batch(engine, r, step, per_kind) for step in range(r.steps))
+        yield from (step_batch(engine, r, step) for step in range(r.steps))
         return
     with multiprocessing.get_context("spawn").Pool(1, _worker_start, (str(init),)) as pool:
-        ahead = deque(pool.apply_async(_worker_batch, (r, step, per_kind)) for step in range(min(2, r.steps)))
+        ahead = deque(pool.apply_async(_worker_batch, (r, step)) for step in range(min(2, r.steps)))
         for step in range(r.steps):
             batch = ahead.popleft().get()
             if step + 2 < r.steps:
-                ahead.append(pool.apply_async(_worker_batch, (r, step + 2, per_kind)))
+                ahead.append(pool.apply_async(_worker_batch, (r, step + 2)))
             yield batch
 
 
@@ -128,20 +124,18 @@ def _step_loss(model: TrainableHoVLE, batch: list[Packed], chunks: int) -> float
     return total
 
 
-def train(init: Path, r: Recipe, log=print, per_kind: dict = PER_KIND, start: dict | None = None,
-          hook=None) -> TrainableHoVLE:  # fmt: skip
+def train(init: Path, r: Recipe, log=print, start: dict | None = None) -> TrainableHoVLE:
     """Trains from the checkpoint folder `init` (its config, tokenizer and weights, or the weights `start` under
-    the same names: HoVLE-HD starts from the trained HoVLE, whose tensors have the same names and shapes).
-    `hook(step, model)` runs after every step."""
+    the same names: HoVLE-HD starts from the trained HoVLE, whose tensors have the same names and shapes)."""
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)  # some backward ops (scatter/index) otherwise add in any order
     try:
-        return _train(init, r, log, per_kind, start, hook)
+        return _train(init, r, log, start)
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
 
 
-def _train(init: Path, r: Recipe, log, per_kind: dict, start: dict | None, hook) -> TrainableHoVLE:
+def _train(init: Path, r: Recipe, log, start: dict | None) -> TrainableHoVLE:
     torch.manual_seed(r.seed)
     config = json.loads((init / "config.json").read_text())
     model = TrainableHoVLE(config, start if start is not None else load_tensors(str(init)))
@@ -150,7 +144,7 @@ def _train(init: Path, r: Recipe, log, per_kind: dict, start: dict | None, hook)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": r.weight_decay}, {"params": rest, "weight_decay": 0.0}],
                             lr=r.lr, betas=(0.9, 0.98), eps=1e-8)  # fmt: skip
     t0, running = time.perf_counter(), None
-    for step, batch in enumerate(batches(init, r, per_kind)):
+    for step, batch in enumerate(batches(init, r)):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, r)
         opt.zero_grad(set_to_none=True)
@@ -160,16 +154,13 @@ def _train(init: Path, r: Recipe, log, per_kind: dict, start: dict | None, hook)
         running = value if running is None else 0.98 * running + 0.02 * value
         if step % 50 == 0 or step == r.steps - 1:
             log(f"step {step:5d}  loss {running:.4f}  lr {lr_at(step, r):.2e}  {time.perf_counter() - t0:7.1f}s")
-        if hook is not None:
-            hook(step, model)  # e.g. held-out evaluation while experimenting
     return model
 
 
 def save(model: TrainableHoVLE, init: Path, dst: Path) -> Path:
     """The trained weights in the released layout, with the starting checkpoint's config and tokenizer files."""
-    files = {name: (init / name).read_bytes() for name in TOKENIZER_FILES}
-    return write_checkpoint(dst, model.config, model.released_tensors(), max_shard_bytes=4 << 20, extra_files=files,
-                            overwrite=True)  # fmt: skip
+    return write_checkpoint(dst, model.config, model.released_tensors(), max_shard_bytes=4 << 20,
+                            extra_files=tokenizer_files(init), overwrite=True)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

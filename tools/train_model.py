@@ -35,11 +35,7 @@ class TrainableHoVLE(torch.nn.Module):
 
     def __init__(self, config: dict, tensors: dict[str, torch.Tensor], attn: str = "sdpa", region_weight: float = 1.0):
         super().__init__()
-        previous, reference.ATTN_IMPLEMENTATION = reference.ATTN_IMPLEMENTATION, attn
-        try:
-            self.ref = ReferenceHoVLE(config, {k: v.clone() for k, v in tensors.items()})
-        finally:
-            reference.ATTN_IMPLEMENTATION = previous
+        self.ref = ReferenceHoVLE(config, {k: v.clone() for k, v in tensors.items()}, attn=attn)
         self.config, self.untrained = config, {k: tensors[k] for k in reference.UNUSED}
         self.region_weight = region_weight
         self.emb, self.llm, self.norm = self.ref.emb, self.ref.llm, self.ref.norm
