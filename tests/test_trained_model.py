@@ -15,10 +15,29 @@ from PIL import Image
 
 from engine import Engine
 from engine.tooling.default_model import EXAMPLE_IMAGE, VARIANTS, ensure_default_model, example_questions
-from engine.tooling.scenes import COLOURED, PALETTE, example_scene, questions, random_scene, render, tile_grid
+from engine.tooling.scenes import (
+    COLOURED,
+    KINDS,
+    PALETTE,
+    example_scene,
+    plural,
+    questions,
+    random_scene,
+    render,
+    tile_grid,
+)
 from kernels._triton import HAS_TRITON, triton_usable
 from tests.reference import ReferenceHoVLE, load_tensors, split_wqkv
-from tools.scene_data import ATTRIBUTE_KINDS, HELD_OUT_SEED, answer_ids, held_out, pack, pick_questions, score
+from tools.scene_data import (
+    ATTRIBUTE_KINDS,
+    HELD_OUT_SEED,
+    answer_ids,
+    held_out,
+    pack,
+    pick_questions,
+    scene_summary,
+    score,
+)
 from tools.train_default_model import Recipe, start_checkpoint, train, write_tokenizer
 from tools.train_model import TrainableHoVLE, fuse_wqkv
 
@@ -177,6 +196,24 @@ def test_scene_answers_match_the_picture():
                 assert scene.the(q.split()[-1][:-1]) is not None and q.split()[-1][:-1] in COLOURED
             if q.startswith("Is the") and " left of " in q and a == "yes":
                 assert (q.replace(" left of ", " right of "), "yes", "relation") not in qa
+
+
+def test_scene_summary_targets_agree_with_the_answers():
+    """The auxiliary targets at </img> say what the questions' answers say (presence, count, colour, the biggest)."""
+    for seed in range(40):
+        scene = random_scene(seed)
+        (target, weight), answers = scene_summary(scene), {q: a for q, a, _ in questions(scene)}
+        for i, k in enumerate(KINDS):
+            assert target[4 * i] == (answers[f"Is there a {k}?"] == "yes") and weight[4 * i] == 1
+            assert round(float(target[4 * i + 1]) * 3) == int(answers[f"How many {plural(k)} are there?"])
+            assert bool(weight[4 * i + 2]) == (answers[f"How many {plural(k)} are there?"] == "1")
+        big = torch.nonzero(target[4 * len(KINDS) : 5 * len(KINDS)])
+        assert ([f"the {KINDS[int(i)]}" for i in big] == [answers["What is the biggest object?"]]
+                if "What is the biggest object?" in answers else not weight[4 * len(KINDS)])  # fmt: skip
+        colours = target[5 * len(KINDS) :].reshape(len(COLOURED), len(PALETTE))
+        for k, row in zip(COLOURED, colours):
+            named = [c for c, on in zip(PALETTE, row) if on]
+            assert named == ([answers[f"What colour is the {k}?"]] if f"What colour is the {k}?" in answers else [])
 
 
 # ---- training ------------------------------------------------------------------------------------------------------

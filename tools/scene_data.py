@@ -19,10 +19,11 @@ from dataclasses import dataclass
 import torch
 
 from engine.prompt import get_template
-from engine.tooling.scenes import KINDS, Scene, questions, random_scene, render, tile_grid
+from engine.tooling.scenes import COLOURED, KINDS, PALETTE, Scene, questions, random_scene, render, tile_grid
 
 ATTRIBUTE_KINDS = ("colour", "count", "presence", "relation", "biggest")
 REGION_CHANNELS = 2 * len(KINDS) + 2  # see token_regions
+SUMMARY_CHANNELS = 4 * len(KINDS) + len(KINDS) + len(COLOURED) * len(PALETTE)  # see scene_summary
 HELD_OUT_SEED = 900_000_000  # held-out scenes use seeds from here on; training scenes count up from 0
 # Questions per kind and image in training (the caption, long, on every other image: see scene_example).
 PER_KIND = {"colour": 1, "count": 2, "presence": 2, "relation": 3, "biggest": 1, "caption": 1}
@@ -82,7 +83,9 @@ class Packed:
     labels: list[int]  # on the LLM sequence: the next token where it is an answer token or <|im_end|>, else -100
     pixel_values: torch.Tensor
     tiles: int
-    regions: torch.Tensor | None = None  # (image tokens of the embedding sequence, len(KINDS)): see token_regions
+    regions: torch.Tensor | None = None  # (image tokens of the embedding sequence, channels): see token_regions
+    summary_at: int = -1  # index of the prefix's last token (</img>) in the LLM sequence
+    summary: torch.Tensor | None = None  # (2, SUMMARY_CHANNELS): targets, then their weights (see scene_summary)
 
 
 def _prefix_len(ids: list[int], img_end: int) -> int:
@@ -116,7 +119,8 @@ def pack(engine, image, qa: list[tuple[str, str, str]], max_num: int | None = No
     ids_llm, pos_llm, seg_llm = _tree(reqs[0].ids_llm[:p_llm], branches)
     ids_emb, pos_emb, seg_emb = _tree(reqs[0].ids_emb[:p_emb], branches)
     labels = [-100] * p_llm + labels_tail
-    return Packed(ids_emb, ids_llm, pos_emb, pos_llm, seg_emb, seg_llm, labels, reqs[0].pixel_values, reqs[0].tiles[0])
+    return Packed(ids_emb, ids_llm, pos_emb, pos_llm, seg_emb, seg_llm, labels, reqs[0].pixel_values, reqs[0].tiles[0],
+                  summary_at=p_llm - 1)  # fmt: skip
 
 
 def _overlap(a: tuple, b: tuple) -> float:
@@ -153,6 +157,31 @@ def token_regions(scene: Scene, grid: tuple[int, int], tiles: int, per_side: int
     return torch.tensor(out)
 
 
+def scene_summary(scene: Scene) -> torch.Tensor:
+    """Auxiliary targets for the LLM's state at </img>, which has seen the whole picture before any question: per
+    kind whether it is there, its count / 3, and the centre (x, y) of its one object (weight 0 unless exactly one);
+    which kind is the biggest (weight 0 without a clear margin); the colour of each coloured kind's one object. The
+    questions ask these of the picture; a target at </img> teaches the LLM to gather them where every question can
+    read them (an x-position needs all the tiles, which no image token has seen). Returns (2, SUMMARY_CHANNELS):
+    targets, weights."""
+    target, weight = [], []
+    for k in KINDS:
+        objs = [o for o in scene.objects if o.kind == k]
+        one = len(objs) == 1
+        x, y = ((objs[0].box[0] + objs[0].box[2]) / 2 / scene.width, (objs[0].box[1] + objs[0].box[3]) / 2 /
+                scene.height) if one else (0.0, 0.0)  # fmt: skip
+        target += [float(bool(objs)), len(objs) / 3, x, y]
+        weight += [1.0, 1.0, 4.0 * one, 4.0 * one]  # positions weigh more: left/right is the hardest to learn
+    big = scene.biggest()
+    target += [float(big is not None and big.kind == k) for k in KINDS]
+    weight += [float(big is not None)] * len(KINDS)
+    for k in COLOURED:
+        one = scene.the(k)
+        target += [float(one is not None and one.colour == c) for c in PALETTE]
+        weight += [float(one is not None)] * len(PALETTE)
+    return torch.tensor([target, weight])
+
+
 def scene_example(engine, seed: int, per_kind: dict[str, int] = PER_KIND) -> Packed:
     """The packed training example of scene `seed` (its questions drawn with the same seed)."""
     cfg = engine.cfg
@@ -161,9 +190,12 @@ def scene_example(engine, seed: int, per_kind: dict[str, int] = PER_KIND) -> Pac
     if seed % 2:  # a caption costs as much as three short answers: on half of the pictures only
         qa = [x for x in qa if x[2] != "caption"]
     packed = pack(engine, render(scene), qa)
-    per_side = cfg.image_size // cfg.embedding.patch_size // (1 if cfg.is_hd else 2)  # HD: patches; else merged
-    packed.regions = token_regions(scene, tile_grid(scene, cfg.image_size, cfg.max_dynamic_patch), packed.tiles,
-                                   per_side)  # fmt: skip
+    side = cfg.image_size // cfg.embedding.patch_size  # patches per tile side
+    regions = token_regions(scene, tile_grid(scene, cfg.image_size, cfg.max_dynamic_patch), packed.tiles, side)
+    if not cfg.is_hd:  # an embedding token holds 2x2 patches (pixel shuffle first): their four targets side by side
+        regions = regions.reshape(packed.tiles, side // 2, 2, side // 2, 2, -1).permute(0, 1, 3, 2, 4, 5)
+    packed.regions = regions.reshape(packed.tiles * (side // (1 if cfg.is_hd else 2)) ** 2, -1)
+    packed.summary = scene_summary(scene)
     return packed
 
 

@@ -8,6 +8,11 @@ words), write a random checkpoint in the released layout with it (`write_default
 on tree-packed question/answer sequences built by `Engine.prepare` (loss on the answer and <|im_end|> only), and
 write the result with `write_checkpoint`. Everything is seeded and the data order is fixed (scene seeds in order),
 with a fixed thread count, so the same command gives the same weights on the same torch version.
+
+Two training-only targets (heads that are never exported) teach the model where things are: every image token of
+the embedding stack predicts what its patches show (`token_regions`), and the LLM's state at </img>, the first
+place that has seen every tile, predicts each kind's presence, count, position and colour and the biggest object
+(`scene_summary`). Without the second, "what is just left of the tree?" was answered at chance.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from .train_model import TrainableHoVLE
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "engine" / "data" / "default-model"
 THREADS = 2
+WARM_FIRST_SEED = 1_000_000  # a warm-started variant trains on scenes its starting model never saw
 
 
 @dataclass(frozen=True)
@@ -48,10 +54,11 @@ class Recipe:
         hidden=128, intermediate=384, heads=4, kv_heads=2, emb_layers=2, llm_layers=4, image_size=56))  # fmt: skip
     vocab_size: int = 768
     corpus_scenes: int = 3000
-    steps: int = 2000
+    steps: int = 2900
+    warm_steps: int = 2300  # a variant warm-started from a trained one (HoVLE-HD: its steps cost more)
     batch: int = 12  # images per step, each with its packed questions
     chunks: int = 2  # the step's images sorted by length and run in this many padded forwards (less padding)
-    first_seed: int = 0  # scene seeds first_seed + step * batch + i (a warm-started variant gets fresh scenes)
+    first_seed: int = 0  # scene seeds first_seed + step * batch + i (a warm-started variant: WARM_FIRST_SEED)
     prefetch: bool = True  # build the next batches in a worker process (see batches)
     lr: float = 2e-3
     warmup: int = 100
@@ -167,13 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", default="both", choices=(*VARIANTS, "both"))
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="writes <out>/<variant>/")
-    parser.add_argument("--steps", type=int, default=Recipe.steps)
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"steps per variant (default {Recipe.steps}; {Recipe.warm_steps} when warm-started)")
     parser.add_argument("--start-from", type=Path, default=None,
                         help="a trained checkpoint folder of the same sizes to start from (with --variant both, "
                         "HoVLE-HD starts from the HoVLE just trained)")  # fmt: skip
     args = parser.parse_args(argv)
     torch.set_num_threads(THREADS)
-    recipe = Recipe(steps=args.steps)
+    recipe = Recipe()
     start = load_tensors(str(args.start_from)) if args.start_from else None
     work = Path(tempfile.mkdtemp(prefix="hovle-train-"))
     try:
@@ -182,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         for variant in VARIANTS if args.variant == "both" else (args.variant,):
             t0 = time.perf_counter()
             init = start_checkpoint(work, variant, recipe, tok_dir)
-            r = recipe if start is None else replace(recipe, first_seed=recipe.steps * recipe.batch)  # fresh scenes
+            r = (replace(recipe, steps=args.steps or recipe.steps) if start is None else
+                 replace(recipe, steps=args.steps or recipe.warm_steps, first_seed=WARM_FIRST_SEED))  # fmt: skip
             model = train(init, r, log=lambda s, v=variant: print(f"[{v}] {s}", flush=True), start=start)
             out = save(model, init, args.out / variant)
             start = model.released_tensors()

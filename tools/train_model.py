@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from tests import reference
 from tests.reference import EMB, LAYER_RENAME, LLM, ReferenceHoVLE, pixel_shuffle
 
-from .scene_data import REGION_CHANNELS, Packed
+from .scene_data import REGION_CHANNELS, SUMMARY_CHANNELS, Packed
 
 
 def fuse_wqkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, n_kv: int) -> torch.Tensor:
@@ -33,16 +33,20 @@ def fuse_wqkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, n
 class TrainableHoVLE(torch.nn.Module):
     """The reference model's modules and small weights as parameters, with a batched training forward."""
 
-    def __init__(self, config: dict, tensors: dict[str, torch.Tensor], attn: str = "sdpa", region_weight: float = 1.0):
+    def __init__(self, config: dict, tensors: dict[str, torch.Tensor], attn: str = "sdpa", region_weight: float = 1.0,
+                 summary_weight: float = 1.0):  # fmt: skip
         super().__init__()
         self.ref = ReferenceHoVLE(config, {k: v.clone() for k, v in tensors.items()}, attn=attn)
         self.config, self.untrained = config, {k: tensors[k] for k in reference.UNUSED}
-        self.region_weight = region_weight
+        self.region_weight, self.summary_weight = region_weight, summary_weight
         self.emb, self.llm, self.norm = self.ref.emb, self.ref.llm, self.ref.norm
         self.small = torch.nn.ParameterDict({k.replace(".", "|"): torch.nn.Parameter(v) for k, v in self.ref.w.items()})
         self.ref.w = {k.replace("|", "."): p for k, p in self.small.items()}  # the reference's methods use these
         hidden = self.ref.w["llm_text_embeddings.weight"].shape[1]
-        self.region_head = torch.nn.Linear(hidden, REGION_CHANNELS)  # training only: never exported
+        per_token = round(self.ref.ratio**-2) if self.ref.loc == "pre" else 1  # patches per embedding token
+        self.region_head = torch.nn.Linear(hidden, REGION_CHANNELS * per_token)  # training only: never exported
+        self.summary_head = torch.nn.Linear(hidden, SUMMARY_CHANNELS)  # training only: never exported
+        self.summary_layer = len(self.llm.layers) // 2  # read after this many LLM layers: later ones can use it
         for p in self.parameters():
             p.requires_grad_(True)
 
@@ -63,13 +67,16 @@ class TrainableHoVLE(torch.nn.Module):
         ok |= torch.eye(s, dtype=torch.bool)
         return torch.zeros(ok.shape, dtype=dtype).masked_fill(~ok, torch.finfo(dtype).min)[:, None]
 
-    def _run(self, stack, x: torch.Tensor, pos: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
-        """The reference stack's own rotary embedding and LlamaDecoderLayers on a padded batch."""
+    def _run(self, stack, x: torch.Tensor, pos: torch.Tensor, seg: torch.Tensor, tap: int = -1):
+        """The reference stack's own rotary embedding and LlamaDecoderLayers on a padded batch; with `tap`, also
+        the hidden states after that many layers."""
         cos_sin = stack.rotary(x, pos)  # (B, S, D) each
         mask = self._mask(seg, x.dtype)
-        for layer in stack.layers:
+        mid = x
+        for i, layer in enumerate(stack.layers):
             x = layer(x, attention_mask=mask, position_embeddings=cos_sin)
-        return x
+            mid = x if i + 1 == tap else mid
+        return (x, mid) if tap >= 0 else x
 
     def forward(self, batch: list[Packed]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logits (n, V) fp32 at every labelled position (batch order, then position), their labels (n,) and the
@@ -92,7 +99,9 @@ class TrainableHoVLE(torch.nn.Module):
             h = self._post_llm_input(h, ids_emb, ids_llm, seg_emb, seg_llm, pixels.shape[0])
         if self.ref.normalize:
             h = h / h.norm(dim=-1, keepdim=True)
-        out = self.norm(self._run(self.llm, h, pos_llm, seg_llm))  # (B, S_llm, C)
+        out, mid = self._run(self.llm, h, pos_llm, seg_llm, tap=self.summary_layer)  # (B, S_llm, C) each
+        self.last_summary = self.summary_head(mid[torch.arange(len(batch)), [b.summary_at for b in batch]])
+        out = self.norm(out)
         keep = labels != -100
         branch = (torch.arange(len(batch))[:, None] * (1 + seg_llm.max()) + seg_llm)[keep]  # (n,) one id per branch
         return F.linear(out[keep], self.ref.w["output"]).float(), labels[keep], branch
@@ -116,7 +125,11 @@ class TrainableHoVLE(torch.nn.Module):
         answers = (per_token / sizes[which]).sum() / len(sizes)
         if self.region_weight and all(b.regions is not None for b in batch):
             targets = torch.cat([b.regions for b in batch])
-            return answers + self.region_weight * F.binary_cross_entropy_with_logits(self.last_regions, targets)
+            answers = answers + self.region_weight * F.binary_cross_entropy_with_logits(self.last_regions, targets)
+        if self.summary_weight and all(b.summary is not None for b in batch):
+            targets, weights = torch.stack([b.summary for b in batch]).unbind(1)  # (B, SUMMARY_CHANNELS) each
+            summary = F.binary_cross_entropy_with_logits(self.last_summary, targets, weight=weights, reduction="sum")
+            answers = answers + self.summary_weight * summary / weights.sum().clamp(min=1)
         return answers
 
     # ---- export ---------------------------------------------------------------------------------------------

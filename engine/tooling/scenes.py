@@ -1,11 +1,11 @@
 """Procedural picture-book scenes with known answers: the data the embedded default model is trained and tested on.
 
 Sky over grass; houses, trees, cars, circles, squares and triangles stand on the grass in one row, a sun and clouds
-float above them. Everything a question asks is decided when the scene is drawn, so `questions(scene)` is ground
-truth. Every question has one correct short answer: colours are asked only of a kind that occurs once, ground objects
-never overlap in x, sky objects sit above every ground object, "left of" needs a clear gap and "the biggest" a clear
-margin. A scene is drawn for a target tile grid (1 to 12 tiles) and sized until the engine's tiling
-(`choose_grid`) picks that grid. All randomness comes from one `random.Random(seed)`: same seed, same scene.
+float above them, most at least half a tile across (one LLM image token; smaller ones blur away in 56 px tiles).
+Everything a question asks is decided when drawn, so `questions(scene)` is ground truth, one short answer each:
+colours only of a kind that occurs once, no overlap in x, sky above ground, "left of" needs a clear gap and "the
+biggest" a clear margin. A scene is sized for a target grid (1 to 12 tiles) until the engine's tiling (`choose_grid`)
+picks it. All randomness comes from one `random.Random(seed)`: same seed, same scene.
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ SKY_KINDS = ("sun", "cloud")
 KINDS = GROUND_KINDS + SKY_KINDS
 COLOURED = ("house", "car", "circle", "square", "triangle")  # the kinds whose colour varies (and can be asked)
 MAX_COUNT = {"house": 2, "car": 2, "tree": 3, "circle": 2, "square": 2, "triangle": 2, "sun": 1, "cloud": 3}
-NUMBER_WORDS = ("no", "a", "two", "three")
+NUMBER_WORDS, YES_NO = ("no", "a", "two", "three"), ("no", "yes")  # YES_NO is indexed by a bool
 MAX_ASPECT = 5  # grids up to 5:1 / 1:5 (12:1 strips are not pictures)
 GROUND_TOP, SKY_BOTTOM = 0.5, 0.45  # fractions of the horizon's height: ground objects below, sky objects above
 # (height range in tiles, width/height) for houses, trees, cars; (width range, height/width) for the shapes
-GROUND_SIZES = {"house": ((0.45, 1.25), (0.8, 1.2)), "tree": ((0.5, 1.3), (0.45, 0.6)), "car": ((0.28, 0.45),
-                (1.9, 2.3)), "circle": ((0.25, 0.6), (1, 1)), "square": ((0.25, 0.6), (1, 1)),
-                "triangle": ((0.25, 0.6), (0.8, 1.0))}  # fmt: skip
+GROUND_SIZES = {"house": ((0.45, 1.25), (0.8, 1.2)), "tree": ((0.5, 1.3), (0.45, 0.6)), "car": ((0.4, 0.6),
+                (1.9, 2.3)), "circle": ((0.45, 0.85), (1, 1)), "square": ((0.45, 0.85), (1, 1)),
+                "triangle": ((0.45, 0.85), (0.8, 1.0))}  # fmt: skip
 SKY_TOP, BROWN, GLASS, OUTLINE = (70, 130, 220), (110, 70, 45), (165, 205, 245), (35, 35, 40)
 
 
@@ -65,6 +65,11 @@ class Scene:
         """The object of `kind` when there is exactly one (only those can be named "the <kind>")."""
         found = [o for o in self.objects if o.kind == kind]
         return found[0] if len(found) == 1 else None
+
+    def biggest(self) -> Obj | None:
+        """The biggest object when its area beats the runner-up's by 30% (else that question has no clear answer)."""
+        by_area = sorted(self.objects, key=lambda o: -o.area)
+        return by_area[0] if len(by_area) == 1 or by_area[0].area >= 1.3 * by_area[1].area else None
 
 
 def grid_sizes(max_num: int = 12) -> list[tuple[int, int]]:
@@ -146,7 +151,7 @@ def _sky_objects(rng: random.Random, w: int, h: int, t: float, horizon: int) -> 
     rng.shuffle(kinds)
     while True:
         sizes = [(d, d) if k == "sun" else (2.4 * d, 2.4 * d * rng.uniform(0.38, 0.5))
-                 for k in kinds for d in [min(t * rng.uniform(0.25, 0.6), 0.78 * (bottom - top))]]  # fmt: skip
+                 for k in kinds for d in [min(t * rng.uniform(0.35, 0.65), 0.78 * (bottom - top))]]  # fmt: skip
         xs = _row(rng, sizes, w)
         if xs is not None:
             break
@@ -232,12 +237,8 @@ def render(scene: Scene) -> Image.Image:
     return img
 
 
-def _plural(kind: str) -> str:
+def plural(kind: str) -> str:
     return kind + "es" if kind.endswith("s") else kind + "s"
-
-
-def _yes(flag: bool) -> str:
-    return "yes" if flag else "no"
 
 
 def _left(a: Obj, b: Obj, width: int) -> bool:
@@ -253,10 +254,10 @@ def _relations(scene: Scene) -> list[tuple[str, str, str]]:
             if a is b:
                 continue
             if _left(a, b, scene.width) or _left(b, a, scene.width):
-                qa.append((f"Is the {a.kind} left of the {b.kind}?", _yes(_left(a, b, scene.width)), "relation"))
-                qa.append((f"Is the {a.kind} right of the {b.kind}?", _yes(_left(b, a, scene.width)), "relation"))
+                qa.append((f"Is the {a.kind} left of the {b.kind}?", YES_NO[_left(a, b, scene.width)], "relation"))
+                qa.append((f"Is the {a.kind} right of the {b.kind}?", YES_NO[_left(b, a, scene.width)], "relation"))
             if (a.kind in SKY_KINDS) != (b.kind in SKY_KINDS):
-                qa.append((f"Is the {a.kind} above the {b.kind}?", _yes(a.kind in SKY_KINDS), "relation"))
+                qa.append((f"Is the {a.kind} above the {b.kind}?", YES_NO[a.kind in SKY_KINDS], "relation"))
     row = sorted((o for o in scene.objects if o.kind in GROUND_KINDS), key=lambda o: o.box[0])
     for left, right in zip(row, row[1:]):
         if scene.the(right.kind):
@@ -279,7 +280,7 @@ def caption(scene: Scene) -> str:
             n, one = scene.count(k), scene.the(k)
             if n:
                 out.append(f"a {one.colour} {k}" if one and k in COLOURED else
-                           f"a {k}" if one else f"{NUMBER_WORDS[n]} {_plural(k)}")  # fmt: skip
+                           f"a {k}" if one else f"{NUMBER_WORDS[n]} {plural(k)}")  # fmt: skip
         return out
 
     ground, sky = part(GROUND_KINDS), part(SKY_KINDS)
@@ -290,11 +291,10 @@ def caption(scene: Scene) -> str:
 def questions(scene: Scene) -> list[tuple[str, str, str]]:
     """Every (question, answer, kind) the scene answers; kind is colour, count, presence, relation, biggest, caption."""
     qa = [(f"What colour is the {k}?", scene.the(k).colour, "colour") for k in COLOURED if scene.the(k)]
-    qa += [(f"How many {_plural(k)} are there?", str(scene.count(k)), "count") for k in KINDS]
-    qa += [(f"Is there a {k}?", _yes(scene.count(k) > 0), "presence") for k in KINDS]
+    qa += [(f"How many {plural(k)} are there?", str(scene.count(k)), "count") for k in KINDS]
+    qa += [(f"Is there a {k}?", YES_NO[scene.count(k) > 0], "presence") for k in KINDS]
     qa += _relations(scene)
-    by_area = sorted(scene.objects, key=lambda o: -o.area)
-    if len(by_area) == 1 or by_area[0].area >= 1.3 * by_area[1].area:
-        qa.append(("What is the biggest object?", f"the {by_area[0].kind}", "biggest"))
+    if (big := scene.biggest()) is not None:
+        qa.append(("What is the biggest object?", f"the {big.kind}", "biggest"))
     qa.append(("Describe the image in one sentence.", caption(scene), "caption"))
     return qa
