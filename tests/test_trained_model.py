@@ -42,12 +42,14 @@ from tools.train_default_model import Recipe, start_checkpoint, train, write_tok
 from tools.train_model import TrainableHoVLE, fuse_wqkv
 
 HELD_OUT_SCENES = 100
-# A regression floor, not the goal: the shipped models answer 77.4% (HoVLE) and 79.4% (HoVLE-HD) of these questions
-# (README); issue 12 asks for 90%, which this training recipe does not reach in its 20-minute CPU budget.
-MIN_ACCURACY = 0.72
+# Regression floors, not the goal: the shipped models answer 88.2% (HoVLE) and 91.4% (HoVLE-HD) of these questions
+# (README); issue 12 asks for 90% on both, which HoVLE misses. The floors leave room for a few near-ties that another
+# CPU's float order may flip.
+MIN_ACCURACY = {"hovle": 0.86, "hovle-hd": 0.89}
 # Example questions the shipped model gets wrong (the demo prints them as WRONG); checked to be still wrong, so a
-# retrained model that answers them forces this list to be updated.
-KNOWN_WRONG = {"hovle-hd": {"Is the house left of the tree?"}}
+# retrained model that answers them forces this list to be updated. Neither model has learned "Is the A left of the
+# B?" (held-out: about chance), though "What is just left of the B?" is mostly right.
+KNOWN_WRONG = {"hovle": {"Is the house left of the tree?"}, "hovle-hd": {"Is the house left of the tree?"}}
 TINY = Recipe(sizes=dict(hidden=32, intermediate=64, heads=2, kv_heads=1, emb_layers=1, llm_layers=1, image_size=56),
               vocab_size=400, corpus_scenes=60, steps=3, batch=2)  # fmt: skip
 
@@ -66,12 +68,12 @@ def _report(scores: dict[str, tuple[int, int]]) -> str:
     return ", ".join(f"{kind} {ok}/{n} = {ok / n:.0%}" for kind, (ok, n) in sorted(scores.items()))
 
 
-def test_held_out_scenes_are_answered(engine):
+def test_held_out_scenes_are_answered(engine, variant):
     items = held_out(HELD_OUT_SCENES, engine.cfg.image_size, engine.cfg.max_dynamic_patch)
     assert {kind for *_, kind in items} == set(ATTRIBUTE_KINDS)
     scores = score(engine, items)
     correct, total = sum(ok for ok, _ in scores.values()), sum(n for _, n in scores.values())
-    assert correct / total >= MIN_ACCURACY, f"accuracy {correct / total:.1%} ({_report(scores)})"
+    assert correct / total >= MIN_ACCURACY[variant], f"accuracy {correct / total:.1%} ({_report(scores)})"
 
 
 @pytest.mark.skipif(not (HAS_TRITON and triton_usable("cpu")), reason="Triton cannot run here")
