@@ -12,7 +12,8 @@ with a fixed thread count, so the same command gives the same weights on the sam
 Two training-only targets (heads that are never exported) teach the model where things are: every image token of
 the embedding stack predicts what its patches show (`token_regions`), and the LLM's state at </img>, the first
 place that has seen every tile, predicts each kind's presence, count, position and colour and the biggest object
-(`scene_summary`). Without the second, "what is just left of the tree?" was answered at chance.
+(`scene_summary`). With both (regions per patch, positions weighted), HoVLE's held-out "What is just left of the B?"
+went from chance to 84%; "Is the A left of the B?" is still at chance (see the README).
 """
 
 from __future__ import annotations
