@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.prompt import get_template
-from engine.tooling.scenes import COLOURED, KINDS, PALETTE, Scene, questions, random_scene, render, tile_grid
+from engine.tooling.scenes import COLOURED, KINDS, PALETTE, Obj, Scene, questions, random_scene, render, tile_grid
 
 ATTRIBUTE_KINDS = ("colour", "count", "presence", "relation", "biggest")
 REGION_CHANNELS = 2 * len(KINDS) + 2  # see token_regions
@@ -130,10 +130,13 @@ def _overlap(a: tuple, b: tuple) -> float:
     return max(0.0, w) * max(0.0, h) / max(small, 1e-9)
 
 
+def _centre(o: Obj) -> tuple[float, float]:
+    return (o.box[0] + o.box[2]) / 2, (o.box[1] + o.box[3]) / 2
+
+
 def _cell_targets(cell: tuple, scene: Scene) -> list[float]:
     """Coverage of the cell by each kind, whether it holds the centre of an object of each kind, its centre (x, y)."""
-    centre = lambda o: ((o.box[0] + o.box[2]) / 2, (o.box[1] + o.box[3]) / 2)  # noqa: E731
-    holds = lambda o: cell[0] <= centre(o)[0] < cell[2] and cell[1] <= centre(o)[1] < cell[3]  # noqa: E731
+    holds = lambda o: cell[0] <= _centre(o)[0] < cell[2] and cell[1] <= _centre(o)[1] < cell[3]  # noqa: E731
     cover = [max([_overlap(cell, o.box) for o in scene.objects if o.kind == k], default=0.0) for k in KINDS]
     centres = [float(any(holds(o) for o in scene.objects if o.kind == k)) for k in KINDS]
     where = [(cell[0] + cell[2]) / 2 / scene.width, (cell[1] + cell[3]) / 2 / scene.height]
@@ -166,12 +169,10 @@ def scene_summary(scene: Scene) -> torch.Tensor:
     targets, weights."""
     target, weight = [], []
     for k in KINDS:
-        objs = [o for o in scene.objects if o.kind == k]
-        one = len(objs) == 1
-        x, y = ((objs[0].box[0] + objs[0].box[2]) / 2 / scene.width, (objs[0].box[1] + objs[0].box[3]) / 2 /
-                scene.height) if one else (0.0, 0.0)  # fmt: skip
-        target += [float(bool(objs)), len(objs) / 3, x, y]
-        weight += [1.0, 1.0, 4.0 * one, 4.0 * one]  # positions weigh more: left/right is the hardest to learn
+        n, one = scene.count(k), scene.the(k)
+        x, y = _centre(one) if one else (0.0, 0.0)
+        target += [float(n > 0), n / 3, x / scene.width, y / scene.height]
+        weight += [1.0, 1.0, 4.0 * bool(one), 4.0 * bool(one)]  # positions weigh more: left/right is the hardest
     big = scene.biggest()
     target += [float(big is not None and big.kind == k) for k in KINDS]
     weight += [float(big is not None)] * len(KINDS)
@@ -194,7 +195,8 @@ def scene_example(engine, seed: int, per_kind: dict[str, int] = PER_KIND) -> Pac
     regions = token_regions(scene, tile_grid(scene, cfg.image_size, cfg.max_dynamic_patch), packed.tiles, side)
     if not cfg.is_hd:  # an embedding token holds 2x2 patches (pixel shuffle first): their four targets side by side
         regions = regions.reshape(packed.tiles, side // 2, 2, side // 2, 2, -1).permute(0, 1, 3, 2, 4, 5)
-    packed.regions = regions.reshape(packed.tiles * (side // (1 if cfg.is_hd else 2)) ** 2, -1)
+        regions = regions.reshape(-1, 4 * REGION_CHANNELS)
+    packed.regions = regions
     packed.summary = scene_summary(scene)
     return packed
 

@@ -181,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="a trained checkpoint folder of the same sizes to start from (with --variant both, "
                         "HoVLE-HD starts from the HoVLE just trained)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.steps is not None and args.steps < 1:
+        parser.error(f"--steps {args.steps}: expected a positive number of steps")
     torch.set_num_threads(THREADS)
     recipe = Recipe()
     start = load_tensors(str(args.start_from)) if args.start_from else None

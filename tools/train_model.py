@@ -67,16 +67,15 @@ class TrainableHoVLE(torch.nn.Module):
         ok |= torch.eye(s, dtype=torch.bool)
         return torch.zeros(ok.shape, dtype=dtype).masked_fill(~ok, torch.finfo(dtype).min)[:, None]
 
-    def _run(self, stack, x: torch.Tensor, pos: torch.Tensor, seg: torch.Tensor, tap: int = -1):
-        """The reference stack's own rotary embedding and LlamaDecoderLayers on a padded batch; with `tap`, also
-        the hidden states after that many layers."""
+    def _run(self, stack, x: torch.Tensor, pos: torch.Tensor, seg: torch.Tensor) -> list[torch.Tensor]:
+        """The reference stack's own rotary embedding and LlamaDecoderLayers on a padded batch: the hidden states
+        (B, S, C) after each layer, the input first."""
         cos_sin = stack.rotary(x, pos)  # (B, S, D) each
         mask = self._mask(seg, x.dtype)
-        mid = x
-        for i, layer in enumerate(stack.layers):
-            x = layer(x, attention_mask=mask, position_embeddings=cos_sin)
-            mid = x if i + 1 == tap else mid
-        return (x, mid) if tap >= 0 else x
+        states = [x]
+        for layer in stack.layers:
+            states.append(layer(states[-1], attention_mask=mask, position_embeddings=cos_sin))
+        return states
 
     def forward(self, batch: list[Packed]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logits (n, V) fp32 at every labelled position (batch order, then position), their labels (n,) and the
@@ -93,15 +92,16 @@ class TrainableHoVLE(torch.nn.Module):
         img_emb = (ids_emb == ctx) & (seg_emb >= 0)
         x = self.ref.w["llm_text_embeddings.weight"][ids_emb]  # (B, S_emb, C)
         x = x.masked_scatter(img_emb[..., None], feats.reshape(-1, x.shape[-1]))
-        h = self._run(self.emb, x, pos_emb, seg_emb)
+        h = self._run(self.emb, x, pos_emb, seg_emb)[-1]
         self.last_regions = self.region_head(h[img_emb])  # (image tokens, kinds): the auxiliary loss's logits
         if self.ref.loc == "post":
             h = self._post_llm_input(h, ids_emb, ids_llm, seg_emb, seg_llm, pixels.shape[0])
         if self.ref.normalize:
             h = h / h.norm(dim=-1, keepdim=True)
-        out, mid = self._run(self.llm, h, pos_llm, seg_llm, tap=self.summary_layer)  # (B, S_llm, C) each
-        self.last_summary = self.summary_head(mid[torch.arange(len(batch)), [b.summary_at for b in batch]])
-        out = self.norm(out)
+        states = self._run(self.llm, h, pos_llm, seg_llm)  # (B, S_llm, C) each
+        at = states[self.summary_layer][torch.arange(len(batch)), [b.summary_at for b in batch]]  # (B, C)
+        self.last_summary = self.summary_head(at)
+        out = self.norm(states[-1])
         keep = labels != -100
         branch = (torch.arange(len(batch))[:, None] * (1 + seg_llm.max()) + seg_llm)[keep]  # (n,) one id per branch
         return F.linear(out[keep], self.ref.w["output"]).float(), labels[keep], branch
@@ -122,15 +122,15 @@ class TrainableHoVLE(torch.nn.Module):
         logits, labels, branch = self(batch)
         _, which, sizes = torch.unique(branch, return_inverse=True, return_counts=True)
         per_token = F.cross_entropy(logits, labels, reduction="none")
-        answers = (per_token / sizes[which]).sum() / len(sizes)
+        total = (per_token / sizes[which]).sum() / len(sizes)
         if self.region_weight and all(b.regions is not None for b in batch):
             targets = torch.cat([b.regions for b in batch])
-            answers = answers + self.region_weight * F.binary_cross_entropy_with_logits(self.last_regions, targets)
+            total = total + self.region_weight * F.binary_cross_entropy_with_logits(self.last_regions, targets)
         if self.summary_weight and all(b.summary is not None for b in batch):
             targets, weights = torch.stack([b.summary for b in batch]).unbind(1)  # (B, SUMMARY_CHANNELS) each
             summary = F.binary_cross_entropy_with_logits(self.last_summary, targets, weight=weights, reduction="sum")
-            answers = answers + self.summary_weight * summary / weights.sum().clamp(min=1)
-        return answers
+            total = total + self.summary_weight * summary / weights.sum().clamp(min=1)
+        return total
 
     # ---- export ---------------------------------------------------------------------------------------------
     def _stack_tensors(self, stack, prefix: str) -> dict[str, torch.Tensor]:
