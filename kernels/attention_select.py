@@ -22,7 +22,7 @@ from ._triton import triton, triton_usable
 from .attention import attention
 from .flash_attn_backend import flash_attn_module
 from .rotary import rotary_ref
-from .torch_backend import _sdpa as sdpa_gqa
+from .torch_backend import sdpa_gqa
 
 
 def _rotated(q, k, cos, sin):

@@ -19,7 +19,7 @@ from .rotary import rotate_ref
 _HAS_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)  # SDPA's enable_gqa
 
 
-def _sdpa(q, k, v, mask=None, causal=False, scale=None) -> torch.Tensor:
+def sdpa_gqa(q, k, v, mask=None, causal=False, scale=None) -> torch.Tensor:
     """scaled_dot_product_attention with grouped kv heads on every torch version: (.., Hq, n, D), (.., Hkv, L, D)."""
     rep = q.shape[-3] // k.shape[-3]
     if _HAS_GQA:
@@ -43,7 +43,7 @@ def attention_torch(q, k_cache, v_cache, cu_seqlens, prefix_lens, block_tables, 
         if prefix:  # bottom-right aligned causal mask: query i sits at position prefix + i
             keys = torch.arange(prefix + n, device=q.device)
             mask = keys[None, :] <= (prefix + torch.arange(n, device=q.device))[:, None]  # (n, L)
-        o = _sdpa(qb.to(k.dtype), k, v, mask, causal=mask is None, scale=scale)
+        o = sdpa_gqa(qb.to(k.dtype), k, v, mask, causal=mask is None, scale=scale)
         out[start:end] = o[0].transpose(0, 1)  # (1, Hq, n, D) -> (n, Hq, D)
     return out
 
@@ -60,7 +60,7 @@ def decode_attention_torch(q, k_cache, v_cache, seq_lens, block_tables, scale=No
     valid = torch.arange(k.shape[2], device=q.device)[None, :] < seq_lens[:, None]  # (B, L)
     k = torch.where(valid[:, None, :, None], k, 0)
     v = torch.where(valid[:, None, :, None], v, 0)
-    o = _sdpa(q.unsqueeze(2), k, v, valid[:, None, None, :], scale=scale)  # (B, Hq, 1, D)
+    o = sdpa_gqa(q.unsqueeze(2), k, v, valid[:, None, None, :], scale=scale)  # (B, Hq, 1, D)
     return o.squeeze(2)  # (B, Hq, 1, D) -> (B, Hq, D)
 
 
