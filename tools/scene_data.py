@@ -14,16 +14,29 @@ would (the tests check this against the engine).
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 import torch
 
 from engine.prompt import get_template
-from engine.tooling.scenes import COLOURED, KINDS, PALETTE, Obj, Scene, questions, random_scene, render, tile_grid
+from engine.tooling.scenes import (
+    COLOURED,
+    KINDS,
+    PALETTE,
+    Obj,
+    Scene,
+    plural,
+    questions,
+    random_scene,
+    render,
+    tile_grid,
+)
 
 ATTRIBUTE_KINDS = ("colour", "count", "presence", "relation", "biggest")
 REGION_CHANNELS = 2 * len(KINDS) + 2  # see token_regions
 SUMMARY_CHANNELS = 4 * len(KINDS) + len(KINDS) + len(COLOURED) * len(PALETTE)  # see scene_summary
+NOUN_CHANNELS = 4 + len(PALETTE)  # see noun_facts
 HELD_OUT_SEED = 900_000_000  # held-out scenes use seeds from here on; training scenes count up from 0
 # Questions per kind and image in training (the caption, long, on every other image: see scene_example).
 PER_KIND = {"colour": 1, "count": 2, "presence": 2, "relation": 3, "biggest": 1, "caption": 1}
@@ -86,6 +99,8 @@ class Packed:
     regions: torch.Tensor | None = None  # (image tokens of the embedding sequence, channels): see token_regions
     summary_at: int = -1  # index of the prefix's last token (</img>) in the LLM sequence
     summary: torch.Tensor | None = None  # (2, SUMMARY_CHANNELS): targets, then their weights (see scene_summary)
+    nouns: list[tuple[int, str]] = ()  # (index in the LLM sequence, kind) of each kind named in a question
+    noun_facts: torch.Tensor | None = None  # (nouns, 2, NOUN_CHANNELS): targets, weights (see noun_facts)
 
 
 def _prefix_len(ids: list[int], img_end: int) -> int:
@@ -101,18 +116,37 @@ def _tree(prefix: list[int], branches: list[list[int]]) -> tuple[list[int], list
     return ids, pos, seg
 
 
+_NOUN = {w: k for k in KINDS for w in (k, plural(k))}
+
+
+def noun_positions(tokenizer, ids: list[int], start: int) -> list[tuple[int, str]]:
+    """(index, kind) of the last token of every kind's name (singular or plural) in ids[start:]; pieces are joined
+    into the text they spell, so a name split into pieces or glued to a "?" is found all the same."""
+    text, ends = "", []
+    for piece in map(tokenizer.id_to_token, ids[start:]):
+        text += "\0" if piece.startswith("<") and piece.endswith(">") else piece.replace("\u2581", " ")
+        ends.append(len(text))
+    out = []
+    for m in re.finditer(r"[a-z]+", text):
+        if m.group() in _NOUN:
+            out.append((start + next(i for i, e in enumerate(ends) if e >= m.end()), _NOUN[m.group()]))
+    return out
+
+
 def pack(engine, image, qa: list[tuple[str, str, str]], max_num: int | None = None) -> Packed:
     """Tree-packs the questions about one image; every prompt comes from engine.prepare."""
     tok = engine.tokenizer
     reqs = [engine.prepare([{"role": "user", "content": q}], [image], max_num) for q, _, _ in qa]
     p_llm, p_emb = _prefix_len(reqs[0].ids_llm, tok.img_end_id), _prefix_len(reqs[0].ids_emb, tok.img_end_id)
-    branches, labels_tail = [], []
+    branches, labels_tail, nouns = [], [], []
     for r, (_, a, _) in zip(reqs, qa):
         if r.ids_llm[:p_llm] != reqs[0].ids_llm[:p_llm] or r.ids_emb[:p_emb] != reqs[0].ids_emb[:p_emb]:
             raise ValueError("prompts about one image differ before the question")
         if r.ids_llm[p_llm:] != r.ids_emb[p_emb:]:
             raise ValueError("the question's ids differ between the two stacks")
         ans = answer_ids(tok, a)
+        at = p_llm + sum(map(len, branches))  # where this branch starts in the packed LLM sequence
+        nouns += [(at + i - p_llm, k) for i, k in noun_positions(tok, r.ids_llm, p_llm)]
         branches.append(r.ids_llm[p_llm:] + ans)
         n_prompt = len(r.ids_llm) - p_llm
         labels_tail += [-100] * (n_prompt - 1) + ans + [-100]  # position t predicts token t+1
@@ -120,7 +154,7 @@ def pack(engine, image, qa: list[tuple[str, str, str]], max_num: int | None = No
     ids_emb, pos_emb, seg_emb = _tree(reqs[0].ids_emb[:p_emb], branches)
     labels = [-100] * p_llm + labels_tail
     return Packed(ids_emb, ids_llm, pos_emb, pos_llm, seg_emb, seg_llm, labels, reqs[0].pixel_values, reqs[0].tiles[0],
-                  summary_at=p_llm - 1)  # fmt: skip
+                  summary_at=p_llm - 1, nouns=nouns)  # fmt: skip
 
 
 def _overlap(a: tuple, b: tuple) -> float:
@@ -160,27 +194,48 @@ def token_regions(scene: Scene, grid: tuple[int, int], tiles: int, per_side: int
     return torch.tensor(out)
 
 
+def _kind_facts(scene: Scene, k: str) -> tuple[list[float], list[float]]:
+    """Whether kind k is there, its count / 3 and the centre (x, y) of its one object (weight 0 unless exactly one;
+    positions weigh more: left/right is the hardest); then targets and weights."""
+    n, one = scene.count(k), scene.the(k)
+    x, y = _centre(one) if one else (0.0, 0.0)
+    return [float(n > 0), n / 3, x / scene.width, y / scene.height], [1.0, 1.0, 4.0 * bool(one), 4.0 * bool(one)]
+
+
+def _colour_facts(scene: Scene, k: str) -> tuple[list[float], list[float]]:
+    """The colour of kind k's one object, one-hot over PALETTE (weight 0 unless one object of a coloured kind)."""
+    one = scene.the(k) if k in COLOURED else None
+    return [float(one is not None and one.colour == c) for c in PALETTE], [float(one is not None)] * len(PALETTE)
+
+
 def scene_summary(scene: Scene) -> torch.Tensor:
-    """Auxiliary targets for the LLM's state at </img>, which has seen the whole picture before any question: per
-    kind whether it is there, its count / 3, and the centre (x, y) of its one object (weight 0 unless exactly one);
-    which kind is the biggest (weight 0 without a clear margin); the colour of each coloured kind's one object. The
-    questions ask these of the picture; a target at </img> teaches the LLM to gather them where every question can
-    read them (an x-position needs all the tiles, which no image token has seen). Returns (2, SUMMARY_CHANNELS):
-    targets, weights."""
+    """Auxiliary targets for the LLM's state at </img>, which has seen the whole picture before any question: each
+    kind's facts (`_kind_facts`); which kind is the biggest (weight 0 without a clear margin); the colour of each
+    coloured kind's one object. The questions ask these of the picture; a target at </img> teaches the LLM to
+    gather them where every question can read them (an x-position needs all the tiles, which no image token has
+    seen). Returns (2, SUMMARY_CHANNELS): targets, weights."""
     target, weight = [], []
     for k in KINDS:
-        n, one = scene.count(k), scene.the(k)
-        x, y = _centre(one) if one else (0.0, 0.0)
-        target += [float(n > 0), n / 3, x / scene.width, y / scene.height]
-        weight += [1.0, 1.0, 4.0 * bool(one), 4.0 * bool(one)]  # positions weigh more: left/right is the hardest
+        t, w = _kind_facts(scene, k)
+        target, weight = target + t, weight + w
     big = scene.biggest()
     target += [float(big is not None and big.kind == k) for k in KINDS]
     weight += [float(big is not None)] * len(KINDS)
     for k in COLOURED:
-        one = scene.the(k)
-        target += [float(one is not None and one.colour == c) for c in PALETTE]
-        weight += [float(one is not None)] * len(PALETTE)
+        t, w = _colour_facts(scene, k)
+        target, weight = target + t, weight + w
     return torch.tensor([target, weight])
+
+
+def noun_facts(scene: Scene, kinds: list[str]) -> torch.Tensor:
+    """Auxiliary targets for the LLM's state at a kind's name in a question: that kind's facts and colour, so the
+    name looks its object up in the picture and later layers compare what two names found ("Is the A left of the
+    B?"). Returns (len(kinds), 2, NOUN_CHANNELS): targets, weights."""
+    rows = []
+    for k in kinds:
+        (t, w), (tc, wc) = _kind_facts(scene, k), _colour_facts(scene, k)
+        rows.append([t + tc, w + wc])
+    return torch.tensor(rows).reshape(len(kinds), 2, NOUN_CHANNELS)
 
 
 def scene_example(engine, seed: int, per_kind: dict[str, int] = PER_KIND) -> Packed:
@@ -198,6 +253,7 @@ def scene_example(engine, seed: int, per_kind: dict[str, int] = PER_KIND) -> Pac
         regions = regions.reshape(-1, 4 * REGION_CHANNELS)
     packed.regions = regions
     packed.summary = scene_summary(scene)
+    packed.noun_facts = noun_facts(scene, [k for _, k in packed.nouns])
     return packed
 
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from tests import reference
 from tests.reference import EMB, LAYER_RENAME, LLM, ReferenceHoVLE, pixel_shuffle
 
-from .scene_data import REGION_CHANNELS, SUMMARY_CHANNELS, Packed
+from .scene_data import NOUN_CHANNELS, REGION_CHANNELS, SUMMARY_CHANNELS, Packed
 
 
 def fuse_wqkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, n_kv: int) -> torch.Tensor:
@@ -34,11 +34,11 @@ class TrainableHoVLE(torch.nn.Module):
     """The reference model's modules and small weights as parameters, with a batched training forward."""
 
     def __init__(self, config: dict, tensors: dict[str, torch.Tensor], attn: str = "sdpa", region_weight: float = 1.0,
-                 summary_weight: float = 1.0):  # fmt: skip
+                 summary_weight: float = 1.0, noun_weight: float = 1.0):  # fmt: skip
         super().__init__()
         self.ref = ReferenceHoVLE(config, {k: v.clone() for k, v in tensors.items()}, attn=attn)
         self.config, self.untrained = config, {k: tensors[k] for k in reference.UNUSED}
-        self.region_weight, self.summary_weight = region_weight, summary_weight
+        self.region_weight, self.summary_weight, self.noun_weight = region_weight, summary_weight, noun_weight
         self.emb, self.llm, self.norm = self.ref.emb, self.ref.llm, self.ref.norm
         self.small = torch.nn.ParameterDict({k.replace(".", "|"): torch.nn.Parameter(v) for k, v in self.ref.w.items()})
         self.ref.w = {k.replace("|", "."): p for k, p in self.small.items()}  # the reference's methods use these
@@ -46,7 +46,8 @@ class TrainableHoVLE(torch.nn.Module):
         per_token = round(self.ref.ratio**-2) if self.ref.loc == "pre" else 1  # patches per embedding token
         self.region_head = torch.nn.Linear(hidden, REGION_CHANNELS * per_token)  # training only: never exported
         self.summary_head = torch.nn.Linear(hidden, SUMMARY_CHANNELS)  # training only: never exported
-        self.summary_layer = len(self.llm.layers) // 2  # read after this many LLM layers: later ones can use it
+        self.noun_head = torch.nn.Linear(hidden, NOUN_CHANNELS)  # training only: never exported
+        self.summary_layer = len(self.llm.layers) // 2  # both read after this many LLM layers: later ones can use it
         for p in self.parameters():
             p.requires_grad_(True)
 
@@ -101,6 +102,9 @@ class TrainableHoVLE(torch.nn.Module):
         states = self._run(self.llm, h, pos_llm, seg_llm)  # (B, S_llm, C) each
         at = states[self.summary_layer][torch.arange(len(batch)), [b.summary_at for b in batch]]  # (B, C)
         self.last_summary = self.summary_head(at)
+        rows = torch.tensor([b for b, p in enumerate(batch) for _ in p.nouns], dtype=torch.long)
+        cols = torch.tensor([i for p in batch for i, _ in p.nouns], dtype=torch.long)
+        self.last_nouns = self.noun_head(states[self.summary_layer][rows, cols])  # (nouns, NOUN_CHANNELS)
         out = self.norm(states[-1])
         keep = labels != -100
         branch = (torch.arange(len(batch))[:, None] * (1 + seg_llm.max()) + seg_llm)[keep]  # (n,) one id per branch
@@ -130,6 +134,10 @@ class TrainableHoVLE(torch.nn.Module):
             targets, weights = torch.stack([b.summary for b in batch]).unbind(1)  # (B, SUMMARY_CHANNELS) each
             summary = F.binary_cross_entropy_with_logits(self.last_summary, targets, weight=weights, reduction="sum")
             total = total + self.summary_weight * summary / weights.sum().clamp(min=1)
+        if self.noun_weight and all(b.noun_facts is not None for b in batch) and len(self.last_nouns):
+            targets, weights = torch.cat([b.noun_facts for b in batch]).unbind(1)  # (nouns, NOUN_CHANNELS) each
+            nouns = F.binary_cross_entropy_with_logits(self.last_nouns, targets, weight=weights, reduction="sum")
+            total = total + self.noun_weight * nouns / weights.sum().clamp(min=1)
         return total
 
     # ---- export ---------------------------------------------------------------------------------------------
