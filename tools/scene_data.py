@@ -13,6 +13,7 @@ would (the tests check this against the engine).
 
 from __future__ import annotations
 
+import bisect
 import random
 import re
 from dataclasses import dataclass
@@ -126,11 +127,8 @@ def noun_positions(tokenizer, ids: list[int], start: int) -> list[tuple[int, str
     for piece in map(tokenizer.id_to_token, ids[start:]):
         text += "\0" if piece.startswith("<") and piece.endswith(">") else piece.replace("\u2581", " ")
         ends.append(len(text))
-    out = []
-    for m in re.finditer(r"[a-z]+", text):
-        if m.group() in _NOUN:
-            out.append((start + next(i for i, e in enumerate(ends) if e >= m.end()), _NOUN[m.group()]))
-    return out
+    names = (m for m in re.finditer(r"[a-z]+", text) if m.group() in _NOUN)
+    return [(start + bisect.bisect_left(ends, m.end()), _NOUN[m.group()]) for m in names]
 
 
 def pack(engine, image, qa: list[tuple[str, str, str]], max_num: int | None = None) -> Packed:
@@ -145,8 +143,8 @@ def pack(engine, image, qa: list[tuple[str, str, str]], max_num: int | None = No
         if r.ids_llm[p_llm:] != r.ids_emb[p_emb:]:
             raise ValueError("the question's ids differ between the two stacks")
         ans = answer_ids(tok, a)
-        at = p_llm + sum(map(len, branches))  # where this branch starts in the packed LLM sequence
-        nouns += [(at + i - p_llm, k) for i, k in noun_positions(tok, r.ids_llm, p_llm)]
+        shift = sum(map(len, branches))  # the earlier branches sit between the prefix and this one
+        nouns += [(i + shift, k) for i, k in noun_positions(tok, r.ids_llm, p_llm)]
         branches.append(r.ids_llm[p_llm:] + ans)
         n_prompt = len(r.ids_llm) - p_llm
         labels_tail += [-100] * (n_prompt - 1) + ans + [-100]  # position t predicts token t+1

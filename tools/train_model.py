@@ -30,6 +30,12 @@ def fuse_wqkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, n
     return torch.cat([q, kv], dim=1).reshape(-1, hidden)  # (Hkv*(n_rep+2)*D, hidden)
 
 
+def _weighted_bce(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy per channel, averaged over the weights (a channel of weight 0 is not asked)."""
+    loss = F.binary_cross_entropy_with_logits(logits, targets, weight=weights, reduction="sum")
+    return loss / weights.sum().clamp(min=1)
+
+
 class TrainableHoVLE(torch.nn.Module):
     """The reference model's modules and small weights as parameters, with a batched training forward."""
 
@@ -132,12 +138,10 @@ class TrainableHoVLE(torch.nn.Module):
             total = total + self.region_weight * F.binary_cross_entropy_with_logits(self.last_regions, targets)
         if self.summary_weight and all(b.summary is not None for b in batch):
             targets, weights = torch.stack([b.summary for b in batch]).unbind(1)  # (B, SUMMARY_CHANNELS) each
-            summary = F.binary_cross_entropy_with_logits(self.last_summary, targets, weight=weights, reduction="sum")
-            total = total + self.summary_weight * summary / weights.sum().clamp(min=1)
+            total = total + self.summary_weight * _weighted_bce(self.last_summary, targets, weights)
         if self.noun_weight and all(b.noun_facts is not None for b in batch) and len(self.last_nouns):
             targets, weights = torch.cat([b.noun_facts for b in batch]).unbind(1)  # (nouns, NOUN_CHANNELS) each
-            nouns = F.binary_cross_entropy_with_logits(self.last_nouns, targets, weight=weights, reduction="sum")
-            total = total + self.noun_weight * nouns / weights.sum().clamp(min=1)
+            total = total + self.noun_weight * _weighted_bce(self.last_nouns, targets, weights)
         return total
 
     # ---- export ---------------------------------------------------------------------------------------------
