@@ -14,10 +14,12 @@ would (the tests check this against the engine).
 from __future__ import annotations
 
 import bisect
+import contextlib
 import random
 import re
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from engine.prompt import get_template
@@ -131,10 +133,30 @@ def noun_positions(tokenizer, ids: list[int], start: int) -> list[tuple[int, str
     return [(start + bisect.bisect_left(ends, m.end()), _NOUN[m.group()]) for m in names]
 
 
+@contextlib.contextmanager
+def _preprocess_once(builder):
+    """While packing, every prompt shows the same image: the engine's RequestBuilder preprocesses each image once
+    (its tiles do not depend on the question) instead of once per question."""
+    done: dict = {}
+
+    def once(img, max_num: int, k: int):
+        key = (id(img), max_num, k)  # the image stays alive for the whole block, so its id is not reused
+        if key not in done:
+            done[key] = type(builder)._image(builder, img, max_num, k)
+        return done[key]
+
+    builder._image = once
+    try:
+        yield
+    finally:
+        del builder._image  # the class's method again
+
+
 def pack(engine, image, qa: list[tuple[str, str, str]], max_num: int | None = None) -> Packed:
     """Tree-packs the questions about one image; every prompt comes from engine.prepare."""
     tok = engine.tokenizer
-    reqs = [engine.prepare([{"role": "user", "content": q}], [image], max_num) for q, _, _ in qa]
+    with _preprocess_once(engine.builder):
+        reqs = [engine.prepare([{"role": "user", "content": q}], [image], max_num) for q, _, _ in qa]
     p_llm, p_emb = _prefix_len(reqs[0].ids_llm, tok.img_end_id), _prefix_len(reqs[0].ids_emb, tok.img_end_id)
     branches, labels_tail, nouns = [], [], []
     for r, (_, a, _) in zip(reqs, qa):
@@ -145,9 +167,9 @@ def pack(engine, image, qa: list[tuple[str, str, str]], max_num: int | None = No
         ans = answer_ids(tok, a)
         shift = sum(map(len, branches))  # the earlier branches sit between the prefix and this one
         nouns += [(i + shift, k) for i, k in noun_positions(tok, r.ids_llm, p_llm)]
-        branches.append(r.ids_llm[p_llm:] + ans)
+        branches.append(r.ids_llm[p_llm:] + ans[:-1])  # the closing <|im_end|> is a label only: nothing follows it
         n_prompt = len(r.ids_llm) - p_llm
-        labels_tail += [-100] * (n_prompt - 1) + ans + [-100]  # position t predicts token t+1
+        labels_tail += [-100] * (n_prompt - 1) + ans  # position t predicts token t+1
     ids_llm, pos_llm, seg_llm = _tree(reqs[0].ids_llm[:p_llm], branches)
     ids_emb, pos_emb, seg_emb = _tree(reqs[0].ids_emb[:p_emb], branches)
     labels = [-100] * p_llm + labels_tail
@@ -155,24 +177,31 @@ def pack(engine, image, qa: list[tuple[str, str, str]], max_num: int | None = No
                   summary_at=p_llm - 1, nouns=nouns)  # fmt: skip
 
 
-def _overlap(a: tuple, b: tuple) -> float:
-    """Intersection of two boxes over the smaller one's area: 1 when one holds the other."""
-    w, h = min(a[2], b[2]) - max(a[0], b[0]), min(a[3], b[3]) - max(a[1], b[1])
-    small = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
-    return max(0.0, w) * max(0.0, h) / max(small, 1e-9)
-
-
 def _centre(o: Obj) -> tuple[float, float]:
     return (o.box[0] + o.box[2]) / 2, (o.box[1] + o.box[3]) / 2
 
 
-def _cell_targets(cell: tuple, scene: Scene) -> list[float]:
-    """Coverage of the cell by each kind, whether it holds the centre of an object of each kind, its centre (x, y)."""
-    holds = lambda o: cell[0] <= _centre(o)[0] < cell[2] and cell[1] <= _centre(o)[1] < cell[3]  # noqa: E731
-    cover = [max([_overlap(cell, o.box) for o in scene.objects if o.kind == k], default=0.0) for k in KINDS]
-    centres = [float(any(holds(o) for o in scene.objects if o.kind == k)) for k in KINDS]
-    where = [(cell[0] + cell[2]) / 2 / scene.width, (cell[1] + cell[3]) / 2 / scene.height]
-    return cover + centres + where
+def _area(boxes: torch.Tensor) -> torch.Tensor:
+    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+
+
+def _cell_targets(cells: torch.Tensor, scene: Scene) -> torch.Tensor:
+    """Per cell (x0, y0, x1, y1; float64 (N, 4)): its coverage by each kind (the intersection with an object over
+    the smaller one's area, 1 when one holds the other; the most over the kind's objects), whether it holds the
+    centre of an object of each kind, and its centre (x, y) over the picture's size. Returns (N, REGION_CHANNELS)."""
+    boxes = torch.tensor([o.box for o in scene.objects] or [(0, 0, 0, 0)], dtype=torch.float64)  # (M, 4)
+    kinds = torch.tensor([[o.kind == k for k in KINDS] for o in scene.objects] or [[False] * len(KINDS)])  # (M, K)
+    c, b = cells[:, None, :], boxes[None, :, :]  # (N, 1, 4), (1, M, 4)
+    w = torch.minimum(c[..., 2], b[..., 2]) - torch.maximum(c[..., 0], b[..., 0])  # (N, M)
+    h = torch.minimum(c[..., 3], b[..., 3]) - torch.maximum(c[..., 1], b[..., 1])
+    small = torch.minimum(_area(c), _area(b))
+    overlap = w.clamp(min=0) * h.clamp(min=0) / small.clamp(min=1e-9)  # (N, M), >= 0
+    cover = torch.where(kinds[None], overlap[..., None], 0.0).amax(dim=1)  # (N, K)
+    cx, cy = (b[..., 0] + b[..., 2]) / 2, (b[..., 1] + b[..., 3]) / 2  # (1, M): the objects' centres
+    holds = (c[..., 0] <= cx) & (cx < c[..., 2]) & (c[..., 1] <= cy) & (cy < c[..., 3])  # (N, M)
+    centres = (holds[..., None] & kinds[None]).any(dim=1).double()  # (N, K)
+    where = (cells[:, :2] + cells[:, 2:]) / 2 / torch.tensor([scene.width, scene.height], dtype=torch.float64)
+    return torch.cat([cover, centres, where], dim=1)
 
 
 def token_regions(scene: Scene, grid: tuple[int, int], tiles: int, per_side: int) -> torch.Tensor:
@@ -183,13 +212,12 @@ def token_regions(scene: Scene, grid: tuple[int, int], tiles: int, per_side: int
     areas = [(c * w / cols, r * h / rows, (c + 1) * w / cols, (r + 1) * h / rows)
              for r in range(rows) for c in range(cols)]  # fmt: skip
     areas += [(0.0, 0.0, float(w), float(h))] * (tiles - cols * rows)  # the thumbnail sees the whole picture
-    out = []
+    cells = []
     for x0, y0, x1, y1 in areas:
         tw, th = (x1 - x0) / per_side, (y1 - y0) / per_side
-        for i in range(per_side):
-            out += [_cell_targets((x0 + j * tw, y0 + i * th, x0 + (j + 1) * tw, y0 + (i + 1) * th), scene)
-                    for j in range(per_side)]  # fmt: skip
-    return torch.tensor(out)
+        cells += [(x0 + j * tw, y0 + i * th, x0 + (j + 1) * tw, y0 + (i + 1) * th)
+                  for i in range(per_side) for j in range(per_side)]  # fmt: skip
+    return _cell_targets(torch.tensor(cells, dtype=torch.float64), scene).float()
 
 
 def _kind_facts(scene: Scene, k: str) -> tuple[list[float], list[float]]:
@@ -243,7 +271,7 @@ def scene_example(engine, seed: int, per_kind: dict[str, int] = PER_KIND) -> Pac
     qa = pick_questions(questions(scene), random.Random(seed), per_kind)
     if seed % 2:  # a caption costs as much as three short answers: on half of the pictures only
         qa = [x for x in qa if x[2] != "caption"]
-    packed = pack(engine, render(scene), qa)
+    packed = pack(engine, np.asarray(render(scene)), qa)  # an array: each prompt skips the PIL conversion
     side = cfg.image_size // cfg.embedding.patch_size  # patches per tile side
     regions = token_regions(scene, tile_grid(scene, cfg.image_size, cfg.max_dynamic_patch), packed.tiles, side)
     if not cfg.is_hd:  # an embedding token holds 2x2 patches (pixel shuffle first): their four targets side by side

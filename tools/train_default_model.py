@@ -23,11 +23,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing
 import shutil
 import tempfile
 import time
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -57,12 +55,11 @@ class Recipe:
         hidden=128, intermediate=384, heads=4, kv_heads=2, emb_layers=2, llm_layers=4, image_size=56))  # fmt: skip
     vocab_size: int = 768
     corpus_scenes: int = 3000
-    steps: int = 2900
+    steps: int = 3600
     warm_steps: int = 2300  # a variant warm-started from a trained one (HoVLE-HD: its steps cost more)
     batch: int = 12  # images per step, each with its packed questions
     chunks: int = 2  # the step's images sorted by length and run in this many padded forwards (less padding)
     first_seed: int = 0  # scene seeds first_seed + step * batch + i (a warm-started variant: WARM_FIRST_SEED)
-    prefetch: bool = True  # build the next batches in a worker process (see batches)
     lr: float = 2e-3
     warmup: int = 100
     weight_decay: float = 0.01
@@ -96,32 +93,11 @@ def step_batch(engine: Engine, r: Recipe, step: int) -> list[Packed]:
     return sorted((scene_example(engine, seed) for seed in seeds), key=lambda p: len(p.ids_emb))
 
 
-_WORKER: dict = {}
-
-
-def _worker_start(init: str) -> None:
-    torch.set_num_threads(1)
-    _WORKER["engine"] = Engine.from_pretrained(init, device="cpu", dtype=torch.float32, backend="torch")
-
-
-def _worker_batch(r: Recipe, step: int) -> list[Packed]:
-    return step_batch(_WORKER["engine"], r, step)
-
-
 def batches(init: Path, r: Recipe) -> Iterator[list[Packed]]:
-    """Every step's batch in order. With r.prefetch a worker process builds them two steps ahead, so rendering and
-    tokenising overlap the training step; each batch depends only on its step, so the data are the same."""
-    if not r.prefetch:
-        engine = Engine.from_pretrained(init, device="cpu", dtype=torch.float32, backend="torch")
-        yield from (step_batch(engine, r, step) for step in range(r.steps))
-        return
-    with multiprocessing.get_context("spawn").Pool(1, _worker_start, (str(init),)) as pool:
-        ahead = deque(pool.apply_async(_worker_batch, (r, step)) for step in range(min(2, r.steps)))
-        for step in range(r.steps):
-            batch = ahead.popleft().get()
-            if step + 2 < r.steps:
-                ahead.append(pool.apply_async(_worker_batch, (r, step + 2)))
-            yield batch
+    """Every step's batch in order, built between the steps. (A worker process building them ahead ran slower on
+    2 cores: it took a core from the training's two threads, and each of their parallel ops waits for the slower.)"""
+    engine = Engine.from_pretrained(init, device="cpu", dtype=torch.float32, backend="torch")
+    return (step_batch(engine, r, step) for step in range(r.steps))
 
 
 def _step_loss(model: TrainableHoVLE, batch: list[Packed], chunks: int) -> float:
