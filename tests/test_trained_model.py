@@ -29,16 +29,15 @@ from engine.tooling.scenes import (
 )
 from kernels._triton import HAS_TRITON, triton_usable
 from tests.reference import ReferenceHoVLE, load_tensors, split_wqkv
+from tools.evaluate import held_out, score
 from tools.scene_data import (
     ATTRIBUTE_KINDS,
     HELD_OUT_SEED,
     answer_ids,
-    held_out,
     noun_facts,
     pack,
     pick_questions,
     scene_summary,
-    score,
 )
 from tools.train_default_model import Recipe, start_checkpoint, train, write_tokenizer
 from tools.train_model import TrainableHoVLE, fuse_wqkv

@@ -20,7 +20,7 @@ SCENES = 100
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_bf16_gpu_answers_equal_fp32_cpu_answers(variant):
-    from tools.scene_data import held_out
+    from tools.evaluate import held_out
 
     path = ensure_default_model(variant)
     cpu = Engine.from_pretrained(path, device="cpu", dtype=torch.float32)

@@ -281,29 +281,3 @@ def scene_example(engine, seed: int, per_kind: dict[str, int] = PER_KIND) -> Pac
     packed.summary = scene_summary(scene)
     packed.noun_facts = noun_facts(scene, [k for _, k in packed.nouns])
     return packed
-
-
-EVAL_PER_KIND = {"colour": 1, "count": 1, "presence": 1, "relation": 1, "biggest": 1}
-
-
-def held_out(n_scenes: int, tile_size: int, max_num: int = 12, per_kind: dict[str, int] = EVAL_PER_KIND) -> list:
-    """(image, question, answer, kind) for scenes the training never saw (seeds from HELD_OUT_SEED on)."""
-    items = []
-    for seed in range(HELD_OUT_SEED, HELD_OUT_SEED + n_scenes):
-        scene = random_scene(seed, tile_size, max_num)
-        image = render(scene)
-        items += [(image, q, a, k) for q, a, k in pick_questions(questions(scene), random.Random(seed), per_kind)]
-    return items
-
-
-def score(engine, items: list, batch: int = 64, max_new_tokens: int = 12) -> dict[str, tuple[int, int]]:
-    """Greedy answers of `engine` to items, exact match: kind -> (correct, total)."""
-    out: dict[str, tuple[int, int]] = {}
-    for i in range(0, len(items), batch):
-        chunk = items[i : i + batch]
-        results = engine.generate([q for _, q, _, _ in chunk], [img for img, _, _, _ in chunk],
-                                  max_new_tokens=max_new_tokens)  # fmt: skip
-        for (_, _, answer, kind), r in zip(chunk, results):
-            ok, n = out.get(kind, (0, 0))
-            out[kind] = (ok + (r.text == answer), n + 1)
-    return out

@@ -1,0 +1,85 @@
+"""Held-out accuracy of a trained default model: scenes the training never saw, greedy answers, exact match.
+
+    .venv/bin/python -m tools.evaluate engine/data/default-model/hovle [--scenes 100] [--wrong]
+
+Prints the accuracy per question kind and per question template (the kind names replaced by X), the numbers the
+README's table and the closing notes quote; --wrong lists every wrong answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import re
+from collections import Counter
+
+import torch
+
+from engine import Engine
+from engine.tooling.scenes import questions, random_scene, render
+
+from .scene_data import HELD_OUT_SEED, pick_questions
+
+EVAL_PER_KIND = {"colour": 1, "count": 1, "presence": 1, "relation": 1, "biggest": 1}
+
+
+def held_out(n_scenes: int, tile_size: int, max_num: int = 12, per_kind: dict[str, int] = EVAL_PER_KIND) -> list:
+    """(image, question, answer, kind) for scenes the training never saw (seeds from HELD_OUT_SEED on)."""
+    items = []
+    for seed in range(HELD_OUT_SEED, HELD_OUT_SEED + n_scenes):
+        scene = random_scene(seed, tile_size, max_num)
+        image = render(scene)
+        items += [(image, q, a, k) for q, a, k in pick_questions(questions(scene), random.Random(seed), per_kind)]
+    return items
+
+
+def answers(engine, items: list, batch: int = 64, max_new_tokens: int = 12) -> list[str]:
+    """The engine's greedy answer to each (image, question, ...) item, in order."""
+    out = []
+    for i in range(0, len(items), batch):
+        chunk = items[i : i + batch]
+        results = engine.generate([x[1] for x in chunk], [x[0] for x in chunk], max_new_tokens=max_new_tokens)
+        out += [r.text for r in results]
+    return out
+
+
+def score(engine, items: list, batch: int = 64, max_new_tokens: int = 12) -> dict[str, tuple[int, int]]:
+    """Greedy answers of `engine` to items, exact match: kind -> (correct, total)."""
+    out: dict[str, tuple[int, int]] = {}
+    for (_, _, answer, kind), text in zip(items, answers(engine, items, batch, max_new_tokens)):
+        ok, n = out.get(kind, (0, 0))
+        out[kind] = (ok + (text == answer), n + 1)
+    return out
+
+
+def template(question: str) -> str:
+    """The question with the kind names replaced by X ("Is the X left of the X?")."""
+    return re.sub(r"many \w+", "many X", re.sub(r"(the|a) (\w+)", r"\1 X", question))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="a trained checkpoint folder")
+    parser.add_argument("--scenes", type=int, default=100)
+    parser.add_argument("--wrong", action="store_true", help="list every wrong answer")
+    args = parser.parse_args(argv)
+    engine = Engine.from_pretrained(args.model, device="cpu", dtype=torch.float32, backend="torch")
+    items = held_out(args.scenes, engine.cfg.image_size, engine.cfg.max_dynamic_patch)
+    ok, total, wrong = Counter(), Counter(), []
+    for (_, q, a, kind), text in zip(items, answers(engine, items)):
+        for key in (kind, template(q)):
+            ok[key], total[key] = ok[key] + (text == a), total[key] + 1
+        if text != a:
+            wrong.append(f"  {q!r}: {text!r}, expected {a!r}")
+    kinds = [k for k in EVAL_PER_KIND if k in total]
+    for key in kinds + sorted(set(total) - set(kinds)):
+        print(f"{key:48s} {ok[key]:4d}/{total[key]:<4d} {ok[key] / total[key]:6.1%}")
+    right = sum(ok[k] for k in kinds)
+    print(f"{'all':48s} {right:4d}/{len(items):<4d} {right / len(items):6.1%}")
+    print("\n".join(wrong) if args.wrong else f"{len(wrong)} wrong (--wrong lists them)")
+    engine.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
