@@ -55,7 +55,7 @@ class Recipe:
         hidden=128, intermediate=384, heads=4, kv_heads=2, emb_layers=2, llm_layers=4, image_size=56))  # fmt: skip
     vocab_size: int = 768
     corpus_scenes: int = 3000
-    steps: int = 3600
+    steps: int = 2900
     warm_steps: int = 2300  # a variant warm-started from a trained one (HoVLE-HD: its steps cost more)
     batch: int = 12  # images per step, each with its packed questions
     chunks: int = 2  # the step's images sorted by length and run in this many padded forwards (less padding)
