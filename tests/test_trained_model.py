@@ -1,7 +1,8 @@
 """The shipped default model was trained: it answers questions about scenes it never saw, on both backends.
 
 Also checked here: the example picture and its answers come from the scene generator; the training forward computes
-exactly what the reference model computes for each prompt (so the model learns what the engine runs); the wqkv
+exactly what the reference model computes for each prompt (so the model learns what the engine runs); the training
+targets say what the scene shows, and packing preprocesses each picture once; the wqkv
 exporter inverts the reference's split; a few training steps are reproducible.
 """
 
@@ -38,6 +39,7 @@ from tools.scene_data import (
     pack,
     pick_questions,
     scene_summary,
+    token_regions,
 )
 from tools.train_default_model import Recipe, start_checkpoint, train, write_tokenizer
 from tools.train_model import TrainableHoVLE, fuse_wqkv
@@ -250,6 +252,62 @@ def test_noun_targets_sit_on_the_named_kinds(tiny_inits):
                 xa, xb = float(facts[m[1]][0][2]), float(facts[m[3]][0][2])
                 assert (a == "yes") == ((xa < xb) == (m[2] == "left")), q
     assert split, "no name was split into pieces: the joining of pieces went untested"
+
+
+def _plain_cell(cell: tuple, scene) -> list[float]:
+    """One cell's region targets, object by object in plain Python (what token_regions computes for all at once)."""
+    out = []
+    for k in KINDS:
+        best = 0.0
+        for o in (o for o in scene.objects if o.kind == k):
+            w = min(cell[2], o.box[2]) - max(cell[0], o.box[0])
+            h = min(cell[3], o.box[3]) - max(cell[1], o.box[1])
+            small = min((cell[2] - cell[0]) * (cell[3] - cell[1]), o.area)
+            best = max(best, max(w, 0.0) * max(h, 0.0) / max(small, 1e-9))
+        out.append(best)
+    for k in KINDS:
+        centres = [((o.box[0] + o.box[2]) / 2, (o.box[1] + o.box[3]) / 2) for o in scene.objects if o.kind == k]
+        out.append(float(any(cell[0] <= x < cell[2] and cell[1] <= y < cell[3] for x, y in centres)))
+    return out + [(cell[0] + cell[2]) / 2 / scene.width, (cell[1] + cell[3]) / 2 / scene.height]
+
+
+def test_region_targets_say_what_each_cell_shows():
+    """token_regions, cell by cell against the plain computation: every tile's cells and the thumbnail's (which
+    sees the whole picture), on tilings from 1 to 12 tiles; every object's centre lies in a cell that says so."""
+    for seed in range(12):
+        scene, side = random_scene(seed), 4
+        cols, rows = tile_grid(scene, 56)
+        tiles = cols * rows + (cols * rows > 1)
+        got = token_regions(scene, (cols, rows), tiles, side)
+        assert got.shape == (tiles * side * side, 2 * len(KINDS) + 2) and got.dtype == torch.float32
+        tw, th = scene.width / cols / side, scene.height / rows / side
+        for t in range(tiles):
+            thumb = t == cols * rows
+            cw, ch = (scene.width / side, scene.height / side) if thumb else (tw, th)
+            x0, y0 = (0.0, 0.0) if thumb else (t % cols * scene.width / cols, t // cols * scene.height / rows)
+            for i in range(side):
+                for j in range(side):
+                    cell = (x0 + j * cw, y0 + i * ch, x0 + (j + 1) * cw, y0 + (i + 1) * ch)
+                    want = torch.tensor(_plain_cell(cell, scene))
+                    torch.testing.assert_close(got[(t * side + i) * side + j], want, rtol=1e-6, atol=1e-6)
+        centres = got[: cols * rows * side * side, len(KINDS) : 2 * len(KINDS)]
+        for k, column in zip(KINDS, centres.T):
+            assert 0 < column.sum() <= scene.count(k) if scene.count(k) else column.sum() == 0, k
+
+
+def test_packing_preprocesses_each_picture_once(tiny_inits, monkeypatch):
+    """All prompts of one picture get its tiles from a single preprocessing pass, and the engine's own method is
+    back in place after packing (a later request preprocesses its image again)."""
+    eng = Engine.from_pretrained(tiny_inits["hovle-hd"], device="cpu", dtype=torch.float32, backend="torch")
+    calls, real = [], type(eng.builder)._image
+    monkeypatch.setattr(type(eng.builder), "_image", lambda self, *a: calls.append(a) or real(self, *a))
+    scene = random_scene(3)
+    qa = pick_questions(questions(scene), random.Random(3), {"count": 2, "presence": 2, "colour": 1})
+    packed = pack(eng, render(scene), qa)
+    assert len(qa) >= 4 and len(calls) == 1 and "_image" not in vars(eng.builder)
+    alone = eng.prepare([{"role": "user", "content": qa[-1][0]}], [render(scene)])
+    assert torch.equal(packed.pixel_values, alone.pixel_values)
+    assert len(calls) == 2
 
 
 # ---- training ------------------------------------------------------------------------------------------------------
