@@ -2,8 +2,8 @@
 
 Also checked here: the example picture and its answers come from the scene generator; the training forward computes
 exactly what the reference model computes for each prompt (so the model learns what the engine runs); the training
-targets say what the scene shows, and packing preprocesses each picture once; the wqkv
-exporter inverts the reference's split; a few training steps are reproducible.
+targets say what the scene shows, and packing preprocesses each picture once; the wqkv exporter inverts the
+reference's split; a few training steps are reproducible.
 """
 
 import dataclasses
