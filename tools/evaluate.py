@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import random
 import re
-from collections import Counter
 
 import torch
 
@@ -43,13 +42,19 @@ def answers(engine, items: list, batch: int = 64, max_new_tokens: int = 12) -> l
     return out
 
 
+def tally(items: list, texts: list[str], key=lambda item: item[3]) -> dict[str, tuple[int, int]]:
+    """Exact-match counts of the answers `texts` to items, grouped by key(item) (the question kind by default):
+    group -> (correct, total)."""
+    out: dict[str, tuple[int, int]] = {}
+    for item, text in zip(items, texts):
+        ok, n = out.get(key(item), (0, 0))
+        out[key(item)] = (ok + (text == item[2]), n + 1)
+    return out
+
+
 def score(engine, items: list, batch: int = 64, max_new_tokens: int = 12) -> dict[str, tuple[int, int]]:
     """Greedy answers of `engine` to items, exact match: kind -> (correct, total)."""
-    out: dict[str, tuple[int, int]] = {}
-    for (_, _, answer, kind), text in zip(items, answers(engine, items, batch, max_new_tokens)):
-        ok, n = out.get(kind, (0, 0))
-        out[kind] = (ok + (text == answer), n + 1)
-    return out
+    return tally(items, answers(engine, items, batch, max_new_tokens))
 
 
 def template(question: str) -> str:
@@ -65,17 +70,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     engine = Engine.from_pretrained(args.model, device="cpu", dtype=torch.float32, backend="torch")
     items = held_out(args.scenes, engine.cfg.image_size, engine.cfg.max_dynamic_patch)
-    ok, total, wrong = Counter(), Counter(), []
-    for (_, q, a, kind), text in zip(items, answers(engine, items)):
-        for key in (kind, template(q)):
-            ok[key], total[key] = ok[key] + (text == a), total[key] + 1
-        if text != a:
-            wrong.append(f"  {q!r}: {text!r}, expected {a!r}")
-    kinds = [k for k in EVAL_PER_KIND if k in total]
-    for key in kinds + sorted(set(total) - set(kinds)):
-        print(f"{key:48s} {ok[key]:4d}/{total[key]:<4d} {ok[key] / total[key]:6.1%}")
-    right = sum(ok[k] for k in kinds)
+    texts = answers(engine, items)
+    by_kind = tally(items, texts)
+    groups = [(k, by_kind[k]) for k in EVAL_PER_KIND if k in by_kind]
+    groups += sorted(tally(items, texts, key=lambda item: template(item[1])).items())
+    for name, (ok, n) in groups:
+        print(f"{name:48s} {ok:4d}/{n:<4d} {ok / n:6.1%}")
+    right = sum(ok for ok, _ in by_kind.values())
     print(f"{'all':48s} {right:4d}/{len(items):<4d} {right / len(items):6.1%}")
+    wrong = [f"  {q!r}: {t!r}, expected {a!r}" for (_, q, a, _), t in zip(items, texts) if t != a]
     print("\n".join(wrong) if args.wrong else f"{len(wrong)} wrong (--wrong lists them)")
     engine.close()
     return 0
