@@ -369,3 +369,15 @@ def test_training_is_reproducible(tiny_inits):
     start = load_tensors(str(tiny_inits["hovle-hd"]))
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert not torch.equal(first["language_model.output.weight"], start["language_model.output.weight"])
+
+
+def test_evaluate_cli_refuses_bad_input_before_any_work(tmp_path, capsys):
+    """No scenes, or a folder without a checkpoint: exit 2 with the input and the expectation named."""
+    from tools import evaluate
+
+    cases = [([str(tmp_path), "--scenes", "0"], "--scenes 0: expected a positive"),
+             ([str(tmp_path)], f"model {tmp_path}: {tmp_path}/config.json: not found")]  # fmt: skip
+    for argv, said in cases:
+        with pytest.raises(SystemExit) as exit_:
+            evaluate.main(argv)
+        assert exit_.value.code == 2 and said in capsys.readouterr().err

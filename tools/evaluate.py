@@ -15,6 +15,7 @@ import re
 import torch
 
 from engine import Engine
+from engine.errors import HoVLEError
 from engine.tooling.scenes import questions, random_scene, render
 
 from .scene_data import HELD_OUT_SEED, pick_questions
@@ -68,7 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenes", type=int, default=100)
     parser.add_argument("--wrong", action="store_true", help="list every wrong answer")
     args = parser.parse_args(argv)
-    engine = Engine.from_pretrained(args.model, device="cpu", dtype=torch.float32, backend="torch")
+    if args.scenes < 1:
+        parser.error(f"--scenes {args.scenes}: expected a positive number of scenes")
+    try:
+        engine = Engine.from_pretrained(args.model, device="cpu", dtype=torch.float32, backend="torch")
+    except HoVLEError as exc:
+        parser.error(f"model {args.model}: {exc}")
     items = held_out(args.scenes, engine.cfg.image_size, engine.cfg.max_dynamic_patch)
     texts = answers(engine, items)
     by_kind = tally(items, texts)
