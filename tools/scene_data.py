@@ -167,9 +167,9 @@ def pack(engine, image, qa: list[tuple[str, str, str]], max_num: int | None = No
         ans = answer_ids(tok, a)
         shift = sum(map(len, branches))  # the earlier branches sit between the prefix and this one
         nouns += [(i + shift, k) for i, k in noun_positions(tok, r.ids_llm, p_llm)]
-        branches.append(r.ids_llm[p_llm:] + ans)
+        branches.append(r.ids_llm[p_llm:] + ans[:-1])  # the closing <|im_end|> is a label only: nothing follows it
         n_prompt = len(r.ids_llm) - p_llm
-        labels_tail += [-100] * (n_prompt - 1) + ans + [-100]  # position t predicts token t+1
+        labels_tail += [-100] * (n_prompt - 1) + ans  # position t predicts token t+1
     ids_llm, pos_llm, seg_llm = _tree(reqs[0].ids_llm[:p_llm], branches)
     ids_emb, pos_emb, seg_emb = _tree(reqs[0].ids_emb[:p_emb], branches)
     labels = [-100] * p_llm + labels_tail
