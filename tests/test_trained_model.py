@@ -381,3 +381,28 @@ def test_evaluate_cli_refuses_bad_input_before_any_work(tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_:
             evaluate.main(argv)
         assert exit_.value.code == 2 and said in capsys.readouterr().err
+
+
+def test_recipe_overrides_merge_into_the_shipped_recipe():
+    from tools.train_default_model import recipe_from
+
+    assert recipe_from(None) == Recipe()
+    got = recipe_from('{"lr": 0.004, "steps": 3250, "sizes": {"hidden": 64, "heads": 2, "kv_heads": 1}}')
+    assert got == dataclasses.replace(Recipe(), lr=0.004, steps=3250,
+                                      sizes={**Recipe().sizes, "hidden": 64, "heads": 2, "kv_heads": 1})  # fmt: skip
+
+
+def test_train_cli_refuses_a_bad_recipe_before_any_work(tmp_path, capsys):
+    """Each bad --recipe exits 2 naming the field and what was expected; nothing is written to --out."""
+    from tools import train_default_model
+
+    cases = [("x", "is not JSON"), ("[1]", "expected a JSON object"), ('{"lrr": 1}', "unknown ['lrr']"),
+             ('{"sizes": {"hiden": 3}}', "unknown ['sizes.hiden']"), ('{"sizes": 3}', "sizes=3: expected an object"),
+             ('{"lr": 0}', "lr=0: expected a positive number"), ('{"steps": 2.5}', "steps=2.5: expected a positive"),
+             ('{"batch": true}', "batch=True: expected a positive integer"),
+             ('{"sizes": {"hidden": 100, "heads": 3}}', "expected heads to divide hidden")]  # fmt: skip
+    for text, said in cases:
+        with pytest.raises(SystemExit) as exit_:
+            train_default_model.main(["--out", str(tmp_path / "out"), "--recipe", text])
+        assert exit_.value.code == 2 and said in capsys.readouterr().err, text
+    assert not (tmp_path / "out").exists()

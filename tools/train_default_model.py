@@ -2,6 +2,7 @@
 
     .venv/bin/python -m tools.train_default_model                 # both variants -> engine/data/default-model/
     .venv/bin/python -m tools.train_default_model --variant hovle --steps 200 --out /tmp/m
+    .venv/bin/python -m tools.train_default_model --variant hovle --recipe '{"lr": 4e-3}' --out /tmp/m
 
 Steps: train a SentencePiece tokenizer on the scenes' questions, answers and captions (plus the chat template's
 words), write a random checkpoint in the released layout with it (`write_default_model`), then train every weight
@@ -28,7 +29,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -65,6 +66,44 @@ class Recipe:
     warmup: int = 100
     weight_decay: float = 0.01
     seed: int = 0
+
+
+# Recipe fields that may be 0 (the rest count something or scale the steps, and must be positive).
+_MAY_BE_ZERO = ("warmup", "weight_decay", "first_seed", "seed")
+
+
+def recipe_from(text: str | None) -> Recipe:
+    """The shipped recipe with the overrides of a JSON object, e.g. '{"lr": 4e-3, "sizes": {"hidden": 64}}' (sizes
+    merge into the shipped sizes). ValueError, naming the field, for anything else."""
+    r = Recipe()
+    if text is None:
+        return r
+    try:
+        overrides = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--recipe {text!r} is not JSON ({e.msg}); expected an object of recipe fields") from None
+    if not isinstance(overrides, dict):
+        raise ValueError(f"--recipe {text!r}: expected a JSON object of recipe fields")
+    names = [f.name for f in fields(Recipe)]
+    unknown = sorted(set(overrides) - set(names))
+    sizes = overrides.pop("sizes", {})
+    if not isinstance(sizes, dict):
+        raise ValueError(f"--recipe sizes={sizes!r}: expected an object such as '{{\"hidden\": 64}}'")
+    unknown += sorted(f"sizes.{k}" for k in set(sizes) - set(r.sizes))
+    if unknown:
+        raise ValueError(f"--recipe: unknown {unknown}; expected fields {names} and sizes {sorted(r.sizes)}")
+    for name, value in [*overrides.items(), *sizes.items()]:
+        kind = float if name in ("lr", "weight_decay") else int
+        least = 0 if name in _MAY_BE_ZERO else 1e-12 if kind is float else 1
+        if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int) or value < least:
+            need = "non-negative" if least == 0 else "positive"
+            raise ValueError(f"--recipe {name}={value!r}: expected a {need} {'number' if kind is float else 'integer'}")
+    out = replace(r, **overrides, sizes={**r.sizes, **sizes})
+    z = out.sizes
+    if z["hidden"] % z["heads"] or z["heads"] % z["kv_heads"]:
+        raise ValueError(f"--recipe sizes hidden={z['hidden']}, heads={z['heads']}, kv_heads={z['kv_heads']}: expected "
+                         "heads to divide hidden and kv_heads to divide heads")  # fmt: skip
+    return out
 
 
 def lr_at(step: int, r: Recipe) -> float:
@@ -159,11 +198,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start-from", type=Path, default=None,
                         help="a trained checkpoint folder of the same sizes to start from (with --variant both, "
                         "HoVLE-HD starts from the HoVLE just trained)")  # fmt: skip
+    parser.add_argument("--recipe", default=None, metavar="JSON",
+                        help='overrides of the shipped recipe: \'{"lr": 4e-3, "sizes": {"hidden": 64}}\'')  # fmt: skip
     args = parser.parse_args(argv)
     if args.steps is not None and args.steps < 1:
         parser.error(f"--steps {args.steps}: expected a positive number of steps")
+    try:
+        recipe = recipe_from(args.recipe)
+    except ValueError as e:
+        parser.error(str(e))
     torch.set_num_threads(THREADS)
-    recipe = Recipe()
     start = load_tensors(str(args.start_from)) if args.start_from else None
     work = Path(tempfile.mkdtemp(prefix="hovle-train-"))
     try:
