@@ -393,14 +393,17 @@ def test_recipe_overrides_merge_into_the_shipped_recipe():
 
 
 def test_train_cli_refuses_a_bad_recipe_before_any_work(tmp_path, capsys):
-    """Each bad --recipe exits 2 naming the field and what was expected; nothing is written to --out."""
+    """Each bad --recipe exits 2 naming the field and what was expected (the sizes through the engine's own config
+    checks); nothing is written to --out."""
     from tools import train_default_model
 
     cases = [("x", "is not JSON"), ("[1]", "expected a JSON object"), ('{"lrr": 1}', "unknown ['lrr']"),
              ('{"sizes": {"hiden": 3}}', "unknown ['sizes.hiden']"), ('{"sizes": 3}', "sizes=3: expected an object"),
              ('{"lr": 0}', "lr=0: expected a positive number"), ('{"steps": 2.5}', "steps=2.5: expected a positive"),
              ('{"batch": true}', "batch=True: expected a positive integer"),
-             ('{"sizes": {"hidden": 100, "heads": 3}}', "expected heads to divide hidden")]  # fmt: skip
+             ('{"sizes": {"hidden": 100, "heads": 3}}', "expected heads to divide hidden"),
+             ('{"sizes": {"hidden": 96, "heads": 32}}', "into an even head_dim"),
+             ('{"sizes": {"image_size": 50}}', "image size 50 must be an even multiple of patch_size 14")]  # fmt: skip
     for text, said in cases:
         with pytest.raises(SystemExit) as exit_:
             train_default_model.main(["--out", str(tmp_path / "out"), "--recipe", text])

@@ -35,8 +35,9 @@ from pathlib import Path
 import torch
 
 from engine import Engine
+from engine.loaders.config import HoVLEConfig
 from engine.tooling.checkpoint_writer import write_checkpoint
-from engine.tooling.default_model import VARIANTS, tokenizer_files, write_default_model
+from engine.tooling.default_model import VARIANTS, config_dict, tokenizer_files, write_default_model
 from engine.tooling.tokenizer_trainer import write_tokenizer_files
 from tests.reference import load_tensors
 
@@ -93,16 +94,14 @@ def recipe_from(text: str | None) -> Recipe:
     if unknown:
         raise ValueError(f"--recipe: unknown {unknown}; expected fields {names} and sizes {sorted(r.sizes)}")
     for name, value in [*overrides.items(), *sizes.items()]:
-        kind = float if name in ("lr", "weight_decay") else int
+        kind = float if isinstance(getattr(r, name, None), float) else int  # as the shipped value (sizes: int)
         least = 0 if name in _MAY_BE_ZERO else 1e-12 if kind is float else 1
         if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int) or value < least:
             need = "non-negative" if least == 0 else "positive"
             raise ValueError(f"--recipe {name}={value!r}: expected a {need} {'number' if kind is float else 'integer'}")
     out = replace(r, **overrides, sizes={**r.sizes, **sizes})
-    z = out.sizes
-    if z["hidden"] % z["heads"] or z["heads"] % z["kv_heads"]:
-        raise ValueError(f"--recipe sizes hidden={z['hidden']}, heads={z['heads']}, kv_heads={z['kv_heads']}: expected "
-                         "heads to divide hidden and kv_heads to divide heads")  # fmt: skip
+    for variant in VARIANTS:  # the engine's own config checks (head split, tile geometry), before any work
+        HoVLEConfig.from_dict(config_dict(variant, **out.sizes), source=f"--recipe sizes {out.sizes}")
     return out
 
 
