@@ -3,9 +3,10 @@
 Installing must work on a machine with no compiler toolchain and no CUDA: every extension is optional, a failed
 build only prints a warning, and the engine falls back to its PyTorch / PIL paths without it.
 
-    kernels._native              csrc/*.cpp with pybind11 (CPU image preprocessing), whenever a C++17 compiler works
-    kernels/_preprocess_cuda.so  csrc/preprocess_cuda.cu with plain nvcc, loaded through ctypes; only when nvcc is
-                                 found (PATH or CUDA_HOME) and HOVLE_BUILD_CUDA is not "0"
+    hovle.kernels._native              csrc/*.cpp with pybind11 (CPU image preprocessing), whenever a C++17
+                                       compiler works
+    hovle/kernels/_preprocess_cuda.so  csrc/preprocess_cuda.cu with plain nvcc, loaded through ctypes; only when nvcc
+                                       is found (PATH or CUDA_HOME) and HOVLE_BUILD_CUDA is not "0"
 """
 
 import os
@@ -31,21 +32,21 @@ def warn(message: str) -> None:
 
 
 def native_extensions() -> list:
-    """kernels._native from every csrc/*.cpp (none: nothing to build)."""
+    """hovle.kernels._native from every csrc/*.cpp (none: nothing to build)."""
     sources = sorted(str(p.relative_to(ROOT)) for p in CSRC.glob("*.cpp"))
     if not sources:
         return []
     try:
         from pybind11.setup_helpers import Pybind11Extension
     except ImportError:
-        warn("pybind11 is not installed, so kernels._native is not built; images are preprocessed with PIL")
+        warn("pybind11 is not installed, so hovle.kernels._native is not built; images are preprocessed with PIL")
         return []
     # -ffp-contract=off: the float normalisation must round like torch (no fused multiply-adds).
     unix = sys.platform != "win32"
     compile_args = ["-O3", "-ffp-contract=off", "-pthread"] if unix else ["/O2", "/fp:precise"]
     depends = [str(p.relative_to(ROOT)) for p in CSRC.glob("*.h")]
-    ext = Pybind11Extension("kernels._native", sources, depends=depends, cxx_std=17, extra_compile_args=compile_args,
-                            extra_link_args=["-pthread"] if unix else [])  # fmt: skip
+    ext = Pybind11Extension("hovle.kernels._native", sources, depends=depends, cxx_std=17,
+                            extra_compile_args=compile_args, extra_link_args=["-pthread"] if unix else [])  # fmt: skip
     return [ext]
 
 
@@ -70,7 +71,7 @@ class BuildExt(build_ext):
         super().run()
         self.build_cuda()
         built = any(Path(self.get_ext_fullpath(e.name)).exists() for e in self.extensions)
-        print(f"setup.py: image preprocessing path: {'native C++ (kernels._native)' if built else 'Python / PIL'}"
+        print(f"setup.py: image preprocessing path: {'native C++ (hovle.kernels._native)' if built else 'Python / PIL'}"
               f"{', CUDA library built' if self.cuda_built else ''}", flush=True)  # fmt: skip
 
     cuda_built = False
@@ -85,7 +86,7 @@ class BuildExt(build_ext):
         )  # fmt: skip
         if nvcc is None:
             return
-        out_dir = (ROOT if self.inplace else Path(self.build_lib)) / "kernels"
+        out_dir = (ROOT if self.inplace else Path(self.build_lib)) / "hovle" / "kernels"
         target = out_dir / "_preprocess_cuda.so"
         inputs = [source, *CSRC.glob("*.h")]
         if target.exists() and all(target.stat().st_mtime >= p.stat().st_mtime for p in inputs):

@@ -21,8 +21,8 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import append_rows, attention_inputs, bench_ms, compiled, no_gpu, row  # noqa: E402
-from kernels.attention import attention, attention_ref  # noqa: E402
-from kernels.torch_backend import attention_torch  # noqa: E402
+from hovle.kernels.attention import attention, attention_ref  # noqa: E402
+from hovle.kernels.torch_backend import attention_torch  # noqa: E402
 
 HQ, HKV, D, PAGE = 16, 8, 128, 64
 SHAPES = [(1, 256), (1, 1024), (1, 4096), (1, 13056), (4, 1024)]  # (batch, tokens per sequence), page multiples

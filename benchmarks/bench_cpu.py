@@ -14,14 +14,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import ROOT, append_rows, decode_tok_s_total, provenance  # noqa: E402
-from engine import Engine  # noqa: E402
-from engine.tooling.default_model import ensure_default_model  # noqa: E402
+from hovle import Engine  # noqa: E402
+from hovle.tooling.default_model import ensure_default_model  # noqa: E402
 
 
 def reference_errors() -> list[dict]:
-    from tests.ckpt import make_checkpoint, noise_image
-    from tests.reference import ReferenceHoVLE
-    from tests.test_engine_reference import CASES
+    from hovle.reference.model import ReferenceHoVLE
+    from hovle.tooling.cases import CASES, make_checkpoint, noise_image
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -38,7 +37,7 @@ def reference_errors() -> list[dict]:
 
 def default_model_speed() -> list[dict]:
     rows = []
-    image = ROOT / "engine" / "data" / "example.png"
+    image = ROOT / "hovle" / "data" / "example.png"
     for variant in ("hovle", "hovle-hd"):
         # whole prefills are timed: with prefix caching the repeated prompt would hit its cached pages
         eng = Engine.from_pretrained(ensure_default_model(variant), device="cpu", dtype=torch.float32,

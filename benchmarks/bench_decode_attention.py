@@ -17,14 +17,14 @@ import sys
 import torch
 
 from benchmarks.common import append_rows, attention_inputs, compiled, device_ms, no_gpu, paged, row
-from kernels.decode_attention import (
+from hovle.kernels.decode_attention import (
     _decode_attention_kernel,
     _num_splits,
     _sm_count,
     decode_attention,
     decode_attention_ref,
 )
-from kernels.torch_backend import decode_attention_torch
+from hovle.kernels.torch_backend import decode_attention_torch
 
 HQ, HKV, D, PAGE = 16, 8, 128, 64
 BATCHES = (1, 8, 32, 64)
@@ -37,7 +37,7 @@ def _flash_attn(q, dense_k, dense_v, seq_lens, expected):
     try:
         import flash_attn  # noqa: F401
 
-        from kernels.flash_attn_backend import decode_attention_flash
+        from hovle.kernels.flash_attn_backend import decode_attention_flash
     except ImportError:
         return None
     k_pages, tables = paged(dense_k, 256)

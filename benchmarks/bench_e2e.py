@@ -41,7 +41,7 @@ from benchmarks.e2e_common import (  # noqa: E402
     write_full_checkpoints,
 )  # fmt: skip
 from benchmarks.e2e_reference import bench_reference  # noqa: E402
-from engine import Engine  # noqa: E402
+from hovle import Engine  # noqa: E402
 
 KINDS = {"gemm": ("gemm", "cutlass", "cublas", "sm90_xmma", "nvjet"), "attention": ("attention",),
          "norm": ("rms_norm",), "swiglu": ("swiglu",), "kv_store": ("kv_store",),
@@ -184,7 +184,7 @@ def _provider(name: str, model: str, path: Path, batches: list[int], new: int, d
 
 def smoke(args) -> int:
     """Every provider and scenario on the CPU with the tiny random model; prints, writes nothing."""
-    from engine.tooling.default_model import write_default_model
+    from hovle.tooling.default_model import write_default_model
 
     Run.smoke()
     SCENARIOS["max12"] = ((900, 700), 12)

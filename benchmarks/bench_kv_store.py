@@ -12,7 +12,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import append_rows, compiled, no_gpu, time_providers  # noqa: E402
-from kernels.kv_store import kv_store, kv_store_ref  # noqa: E402
+from hovle.kernels.kv_store import kv_store, kv_store_ref  # noqa: E402
 
 HQ, HKV, D, PAGE, N_PAGES = 16, 8, 128, 64, 4608
 

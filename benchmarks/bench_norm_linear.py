@@ -3,7 +3,7 @@ against the separate kernels (Triton rms_norm, cuBLAS linear, Triton swiglu), th
 its torch.compile. M = 1, 8, 64 rows; the model's four projections that follow a norm (qkv, gate/up, the output
 head) at K = 2048. Device time from CUDA-graph replay (what the captured decode step pays). Bytes per call: the
 weight (the bulk), x, residual and outputs; GB/s and the fraction of the measured copy bandwidth from
-benchmarks.common.row. The engine picks fused or separate per shape by measuring both (kernels/autoselect.py);
+benchmarks.common.row. The engine picks fused or separate per shape by measuring both (hovle/kernels/autoselect.py);
 these rows show what it chooses between.
 """
 
@@ -15,7 +15,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import append_rows, compiled, no_gpu, time_providers  # noqa: E402
-from kernels.norm_linear import _unfused, norm_linear, norm_linear_ref  # noqa: E402
+from hovle.kernels.norm_linear import _unfused, norm_linear, norm_linear_ref  # noqa: E402
 
 K = 2048
 SHAPES = [("qkv", 4096, False), ("gate_up+swiglu", 16384, True), ("head", 92553, False)]

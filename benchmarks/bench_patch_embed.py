@@ -13,8 +13,8 @@ import torch.nn.functional as F
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import append_rows, compiled, no_gpu, time_providers  # noqa: E402
-from kernels.patch_embed import patch_embed, patch_embed_ref, weight_layout  # noqa: E402
-from kernels.pixel_shuffle import pixel_shuffle_ref  # noqa: E402
+from hovle.kernels.patch_embed import patch_embed, patch_embed_ref, weight_layout  # noqa: E402
+from hovle.kernels.pixel_shuffle import pixel_shuffle_ref  # noqa: E402
 
 TILES = [1, 13]
 SIDE, PATCH, C = 448, 14, 2048

@@ -12,7 +12,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import append_rows, compiled, no_gpu, time_providers  # noqa: E402
-from kernels.pixel_shuffle import pixel_shuffle, pixel_shuffle_ref  # noqa: E402
+from hovle.kernels.pixel_shuffle import pixel_shuffle, pixel_shuffle_ref  # noqa: E402
 
 GRID, HIDDEN = 32, 2048  # 448 px tiles of 14 px patches; the embedding width
 TILES = [1, 13]  # one tile; 12 tiles + thumbnail (max_num=12)

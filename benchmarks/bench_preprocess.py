@@ -1,10 +1,10 @@
 """Image preprocessing speed: the Python path (PIL resize + torch normalise) against the native C++ path, and on a
 GPU the CUDA path, side by side in one run.
 
-Both CPU providers go through engine.loaders.image.preprocess on the same uint8 numpy array (preprocess="python" /
+Both CPU providers go through hovle.loaders.image.preprocess on the same uint8 numpy array (preprocess="python" /
 "native"), so each includes everything from decoded pixels to the (n, 3, 448, 448) float32 tensor: the Python path
 its PIL round trip, resize, crops and tensor conversion; the native path the tiling decision and the fused pass
-(threads: every CPU this process may use). The CUDA row times kernels.preprocess.preprocess_tiles
+(threads: every CPU this process may use). The CUDA row times hovle.kernels.preprocess.preprocess_tiles
 on "cuda", including the host-to-device copy of the uint8 image, synchronised. Speeds: input megapixels/s and
 output GB/s (bytes written), medians over --repeats after warm-up. The 1-minute load average is recorded: on a
 shared machine other processes skew these numbers.
@@ -27,8 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import append_rows, provenance  # noqa: E402
-from engine.loaders.image import choose_grid, preprocess  # noqa: E402
-from kernels import preprocess as kp  # noqa: E402
+from hovle.kernels import preprocess as kp  # noqa: E402
+from hovle.loaders.image import choose_grid, preprocess  # noqa: E402
 
 SIZES = [(4032, 3024), (1024, 768)]
 MAX_NUMS = [1, 6, 12]

@@ -11,7 +11,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import append_rows, compiled, no_gpu, time_providers  # noqa: E402
-from kernels.rms_norm import rms_norm, rms_norm_ref  # noqa: E402
+from hovle.kernels.rms_norm import rms_norm, rms_norm_ref  # noqa: E402
 
 SHAPES = [(4096, 2048), (1, 2048), (16, 2048)]  # (T, C): prefill and decode batches at the model width
 EPS = 1e-5

@@ -11,7 +11,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import append_rows, compiled, no_gpu, time_providers  # noqa: E402
-from kernels.rotary import rotary, rotary_ref  # noqa: E402
+from hovle.kernels.rotary import rotary, rotary_ref  # noqa: E402
 
 SHAPES = [(4096, 16, 8, 128), (64, 16, 8, 128)]  # (T, Hq, Hkv, D): a prefill batch and a decode batch of 64
 

@@ -14,10 +14,10 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import append_rows, no_gpu, time_providers  # noqa: E402
-from kernels.greedy import greedy  # noqa: E402
-from kernels.repetition_penalty import repetition_penalty, repetition_penalty_ref  # noqa: E402
-from kernels.sample import sample, sample_ref  # noqa: E402
-from kernels.torch_backend import sample_torch  # noqa: E402
+from hovle.kernels.greedy import greedy  # noqa: E402
+from hovle.kernels.repetition_penalty import repetition_penalty, repetition_penalty_ref  # noqa: E402
+from hovle.kernels.sample import sample, sample_ref  # noqa: E402
+from hovle.kernels.torch_backend import sample_torch  # noqa: E402
 
 BATCHES = [1, 64]
 VOCAB = 92553

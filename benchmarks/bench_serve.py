@@ -29,7 +29,7 @@ def _percentile(xs: list[float], q: float) -> float:
 
 
 def _images(n: int) -> list[str]:
-    from engine.tooling.scenes import random_scene, render
+    from hovle.tooling.scenes import random_scene, render
     from tests.serve_utils import data_url
 
     return [data_url(render(random_scene(10_000 + i))) for i in range(n)]
@@ -98,9 +98,9 @@ def main() -> int:
     if args.url:
         rows = sweep(args.url, args.served_name, levels, args.requests, args.images, args.max_tokens)
     else:
-        from engine import Engine
-        from engine.serve.app import ServerConfig, background_server
-        from engine.tooling.default_model import ensure_default_model
+        from hovle import Engine
+        from hovle.serve.app import ServerConfig, background_server
+        from hovle.tooling.default_model import ensure_default_model
 
         engine = Engine.from_pretrained(args.model or ensure_default_model("hovle"), max_batch=max(levels))
         with background_server(engine, ServerConfig(args.served_name)) as url:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import append_rows, compiled, no_gpu, time_providers  # noqa: E402
-from kernels.swiglu import swiglu, swiglu_ref  # noqa: E402
+from hovle.kernels.swiglu import swiglu, swiglu_ref  # noqa: E402
 
 SHAPES = [(4096, 8192), (1, 8192)]  # (T, I): a prefill batch and one decode token at the model's I
 

@@ -14,9 +14,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import measured_peaks  # noqa: E402
-from engine.loaders.config import HoVLEConfig  # noqa: E402
-from engine.tooling.checkpoint_writer import write_checkpoint  # noqa: E402
-from engine.tooling.default_model import bundled_tokenizer, config_dict, random_tensors  # noqa: E402
+from hovle.loaders.config import HoVLEConfig  # noqa: E402
+from hovle.tooling.checkpoint_writer import write_checkpoint  # noqa: E402
+from hovle.tooling.default_model import bundled_tokenizer, config_dict, random_tensors  # noqa: E402
 
 TEXT_PROMPT = "Summarise the main ideas of modern inference engines for vision-language models in a few sentences."
 SCENARIOS = {"text": (None, 1), "one_tile": ((448, 448), 1), "max12": ((1792, 1344), 12)}

@@ -10,16 +10,16 @@ from pathlib import Path
 
 from benchmarks.common import ROOT
 from benchmarks.e2e_common import SCENARIOS, TEXT_PROMPT, Run, peak_gb, photo, reset_memory, sync
-from engine.loaders.config import HoVLEConfig
-from engine.loaders.tokenizer import Tokenizer
-from engine.prompt import get_template
-from engine.request import RequestBuilder
+from hovle.loaders.config import HoVLEConfig
+from hovle.loaders.tokenizer import Tokenizer
+from hovle.prompt import get_template
+from hovle.request import RequestBuilder
 
 
 def bench_reference(model: str, path: Path, new: int, static: bool) -> list[dict]:
     sys.path.insert(0, str(ROOT))
-    import tests.reference as ref_mod
-    from tests.reference_static import StaticReferenceHoVLE
+    import hovle.reference.model as ref_mod
+    from hovle.reference.static import StaticReferenceHoVLE
 
     cls = StaticReferenceHoVLE if static else ref_mod.ReferenceHoVLE
     cfg = HoVLEConfig.from_dir(path)  # ids + tiles only: no weights needed for them

@@ -1,5 +1,5 @@
-// pybind11 module `kernels._native`: argument checks, then the CPU implementation (preprocess.cpp) without the
-// GIL. Python reaches it only through kernels/preprocess.py, which validates the same arguments with friendlier
+// pybind11 module `hovle.kernels._native`: argument checks, then the CPU implementation (preprocess.cpp) without the
+// GIL. Python reaches it only through hovle/kernels/preprocess.py, which validates the same arguments with friendlier
 // messages; these checks keep a direct caller from writing out of bounds.
 #include <pybind11/pybind11.h>
 
@@ -54,7 +54,7 @@ int preprocess_tiles(py::buffer image, uintptr_t out_ptr, int dtype, py::tuple o
 }  // namespace
 
 PYBIND11_MODULE(_native, m) {
-  m.doc() = "HoVLE native kernels (CPU). Use through kernels/preprocess.py, not directly.";
+  m.doc() = "HoVLE native kernels (CPU). Use through hovle/kernels/preprocess.py, not directly.";
   m.def("preprocess_tiles", &preprocess_tiles, py::arg("image"), py::arg("out_ptr"), py::arg("dtype"),
         py::arg("out_shape"), py::arg("cols"), py::arg("rows"), py::arg("use_thumbnail"), py::arg("pillow13_order"),
         py::arg("num_threads") = 0,

@@ -1,7 +1,7 @@
 // CUDA image preprocessing, fused: uint8 RGB image (H, W, 3) on the device -> normalised tiles (n, 3, S, S) in
 // float32 / float16 / bfloat16, bit-identical to preprocess.cpp and PIL (rules in preprocess.h). Plain CUDA C++,
-// extern "C" launchers, no torch headers: built by setup.py with nvcc into kernels/_preprocess_cuda.so and called
-// through ctypes by kernels/preprocess.py. One thread block per (tile, band of output rows, chunk of output
+// extern "C" launchers, no torch headers: built by setup.py with nvcc into hovle/kernels/_preprocess_cuda.so and called
+// through ctypes by hovle/kernels/preprocess.py. One thread block per (tile, band of output rows, chunk of output
 // columns) runs the first 1-D pass over just the source window its outputs read into shared memory (global
 // scratch when even one row's window is too large), then the second pass straight into the output. The 22-bit
 // weights come from the host (the CPU path's code), one upload per call.

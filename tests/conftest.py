@@ -12,7 +12,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 # Every engine allocation that may be read before it is written (KV pages, decode-row state) starts as NaN /
-# out-of-range integers in the tests (engine/runtime/memory.py), so such a read fails a test instead of passing by
+# out-of-range integers in the tests (hovle/runtime/memory.py), so such a read fails a test instead of passing by
 # luck of the allocator.
 os.environ["HOVLE_POISON"] = "1"
 # One tuning config per tiled Triton kernel in the engine-level tests (each config is a compile on a GPU); the kernel
@@ -32,7 +32,7 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs 
 def selected_logits(monkeypatch):
     """Records the logits every token is selected from (prefill's first token, then each decode step), one row per
     running sequence."""
-    from engine.runtime.runner import ModelRunner
+    from hovle.runtime.runner import ModelRunner
 
     seen, real = [], ModelRunner.select
 

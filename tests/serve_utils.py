@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import io
 
-from engine.serve.app import ServerConfig, background_server
+from hovle.serve.app import ServerConfig, background_server
 
 
 def running_server(engine, **config):

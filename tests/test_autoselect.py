@@ -1,4 +1,4 @@
-"""Measured selection between equivalent implementations (kernels/autoselect.py), with an injected timer: the
+"""Measured selection between equivalent implementations (hovle/kernels/autoselect.py), with an injected timer: the
 fastest per key is kept and measured only once, failing candidates are left out, a forced choice wins, and
 without a measurable device the first (the safe default) runs. And the engine's fused path (norm_linear) is the
 one that ran when chosen, with the same tokens as the reference."""
@@ -6,7 +6,7 @@ one that ran when chosen, with the same tokens as the reference."""
 import pytest
 import torch
 
-from kernels.autoselect import Choice
+from hovle.kernels.autoselect import Choice
 
 
 class FakeTimer:
@@ -46,11 +46,11 @@ def test_no_measurement_without_a_device_and_forced_choices(monkeypatch):
 def test_engine_runs_the_fused_norm_linear_when_chosen(tmp_path, monkeypatch):
     """The Triton backend with the fused kernel forced: it really runs (counted), and greedy tokens equal the
     reference model's (interpreter on the CPU, natively on a GPU)."""
-    from engine import Engine
-    from kernels import norm_linear as nl
-    from kernels._triton import HAS_TRITON, triton_usable
-    from tests.ckpt import make_checkpoint, noise_image
-    from tests.reference import ReferenceHoVLE
+    from hovle import Engine
+    from hovle.kernels import norm_linear as nl
+    from hovle.kernels._triton import HAS_TRITON, triton_usable
+    from hovle.reference.model import ReferenceHoVLE
+    from hovle.tooling.cases import make_checkpoint, noise_image
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if not (HAS_TRITON and triton_usable(device)):
@@ -70,9 +70,9 @@ def test_engine_runs_the_fused_norm_linear_when_chosen(tmp_path, monkeypatch):
 def test_prefill_attention_candidates_agree_with_the_reference(candidate, monkeypatch):
     """attention_auto with a fresh single sequence: each candidate (forced) equals attention_ref; on a GPU the
     cuDNN and flash backends are checked by tests/test_kernel_attention.py's CUDA cases through the same path."""
-    from kernels._triton import HAS_TRITON, triton_usable
-    from kernels.attention import attention_ref
-    from kernels.attention_select import attention_auto
+    from hovle.kernels._triton import HAS_TRITON, triton_usable
+    from hovle.kernels.attention import attention_ref
+    from hovle.kernels.attention_select import attention_auto
     from tests.test_kernel_attention import make_inputs
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -90,17 +90,17 @@ def test_prefill_attention_candidates_agree_with_the_reference(candidate, monkey
     out = attention_auto(q, k_cache, v_cache, cu, prefix, tables, None, cos, sin, 37, new_kv=(k_plain, v_new))
     ref = attention_ref(q, k_cache, v_cache, cu, prefix, tables, None, cos, sin)
     torch.testing.assert_close(out.float(), ref.float(), atol=1e-4, rtol=1e-4)
-    from kernels import attention_select
+    from hovle.kernels import attention_select
 
     assert attention_select._CHOICE.calls[candidate] > 0
 
 
 def test_engine_prefill_through_sdpa_when_chosen(tmp_path, monkeypatch):
-    from engine import Engine
-    from kernels import attention_select
-    from kernels._triton import HAS_TRITON, triton_usable
-    from tests.ckpt import make_checkpoint, noise_image
-    from tests.reference import ReferenceHoVLE
+    from hovle import Engine
+    from hovle.kernels import attention_select
+    from hovle.kernels._triton import HAS_TRITON, triton_usable
+    from hovle.reference.model import ReferenceHoVLE
+    from hovle.tooling.cases import make_checkpoint, noise_image
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if not (HAS_TRITON and triton_usable(device)):

@@ -17,12 +17,12 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-from engine.loaders.config import HoVLEConfig
-from engine.loaders.weights import load_weights
-from engine.model.model import HoVLEModel
-from engine.runtime.runner import ModelRunner
-from kernels import TORCH_OPS
-from tests.ckpt import make_checkpoint
+from hovle.kernels import TORCH_OPS
+from hovle.loaders.config import HoVLEConfig
+from hovle.loaders.weights import load_weights
+from hovle.model.model import HoVLEModel
+from hovle.runtime.runner import ModelRunner
+from hovle.tooling.cases import make_checkpoint
 
 DEVICE = "meta"  # plays the GPU
 HOST_READS = {"item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__", "__complex__"}
@@ -51,7 +51,7 @@ class HostDeviceTrap(TorchFunctionMode):
         self.violations: list[str] = []
 
     def _flag(self, what: str) -> None:
-        frames = [f for f in traceback.extract_stack()[:-2] if "/engine/" in f.filename or "/kernels/" in f.filename]
+        frames = [f for f in traceback.extract_stack()[:-2] if "/hovle/" in f.filename]
         where = f"{frames[-1].filename.split('/main/')[-1]}:{frames[-1].lineno}" if frames else "?"
         self.violations.append(f"{where}: {what}")
 

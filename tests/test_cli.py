@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from engine.__main__ import main
-from tests.ckpt import make_checkpoint, noise_image
+from hovle.__main__ import main
+from hovle.tooling.cases import make_checkpoint, noise_image
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_bad_files(capsys, ckpt, tmp_path, monkeypatch):
 
 
 def _run(args: list, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "engine", *args], capture_output=True, timeout=300, env=env)
+    return subprocess.run([sys.executable, "-m", "hovle", *args], capture_output=True, timeout=300, env=env)
 
 
 def test_invalid_utf8_prompt_and_triton_without_a_gpu(ckpt):

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from engine import ConfigError, Engine, HoVLEConfig, WeightsError
-from engine.tooling.default_model import config_dict
-from tests.ckpt import make_checkpoint
+from hovle import ConfigError, Engine, HoVLEConfig, WeightsError
+from hovle.tooling.cases import make_checkpoint
+from hovle.tooling.default_model import config_dict
 
 
 def test_real_hovle_and_hd_configs_parse_with_the_spec_values():

@@ -9,11 +9,11 @@ import dataclasses
 import pytest
 import torch
 
-from engine import Engine, InputError
-from engine.runtime.decode import DecodeStep
-from engine.runtime.runner import ModelRunner
-from tests.ckpt import make_checkpoint, noise_image
-from tests.reference import ReferenceHoVLE
+from hovle import Engine, InputError
+from hovle.reference.model import ReferenceHoVLE
+from hovle.runtime.decode import DecodeStep
+from hovle.runtime.runner import ModelRunner
+from hovle.tooling.cases import make_checkpoint, noise_image
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +127,8 @@ def test_sampling_equals_the_references_under_the_same_draws(root, variant, kw):
     with the same uniforms (one draw per token from torch.Generator().manual_seed(seed), as the engine documents)."""
     from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
-    from kernels import sample_ref
-    from tests.reference import ReferenceHoVLE
+    from hovle.kernels import sample_ref
+    from hovle.reference.model import ReferenceHoVLE
 
     path = make_checkpoint(root, variant, "hovle-hd" if variant == "post" else "hovle")
     eng = Engine.from_pretrained(path, device="cpu", dtype=torch.float32)
@@ -257,7 +257,7 @@ def test_image_placeholder_count_mismatch(engine):
 
 
 def test_native_and_python_preprocessing_give_the_same_generation(root):
-    from kernels.preprocess import native_available
+    from hovle.kernels.preprocess import native_available
 
     if not native_available():
         pytest.skip("the native preprocessing extension is not built here")

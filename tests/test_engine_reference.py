@@ -1,4 +1,4 @@
-"""The engine against the independent reference (tests/reference.py: transformers' Llama layers + plain torch).
+"""The engine against the independent reference (hovle/reference/model.py: transformers' Llama layers + plain torch).
 
 fp32 on the CPU: prefill logits at every position within 1e-4 relative, and 32 greedy tokens identical, for
 text-only prompts, one tile, several tiles with a thumbnail, two images, HoVLE-HD (both decode modes),
@@ -9,30 +9,9 @@ also prefilled in chunks of a few positions (HoVLE-HD: LLM tokens wait for their
 import pytest
 import torch
 
-from engine import Engine
-from tests.ckpt import make_checkpoint, noise_image
-from tests.reference import ReferenceHoVLE
-
-DYNAMIC_SMALL = {"rope_theta": 10000.0, "rope_scaling": {"type": "dynamic", "factor": 2.0},
-                 "max_position_embeddings": 48}  # fmt: skip
-LINEAR = {"rope_theta": 10000.0, "rope_scaling": {"type": "linear", "factor": 2.0}, "max_position_embeddings": 64}
-
-CASES = {
-    # name: (variant, config overrides, images as (w, h, seed), max_num, question)
-    "text_only": ("hovle", {}, [], 1, "What is a circle?"),
-    "one_tile": ("hovle", {}, [(60, 50, 1)], 1, "Describe the image."),
-    "tiles_thumbnail": ("hovle", {}, [(150, 60, 2)], 6, "Describe the image."),
-    "two_images": ("hovle", {}, [(90, 40, 3), (40, 90, 4)], 4, "Image-1: <image>\nImage-2: <image>\nCompare them."),
-    "hd": ("hovle-hd", {}, [(150, 60, 5)], 6, "Describe the image."),
-    "hd_two_images": ("hovle-hd", {}, [(60, 60, 6), (120, 50, 7)], 3, "<image>\n<image>\nWhat differs?"),
-    "normalize": ("hovle", {"normalize_encoder_output": True}, [(100, 60, 8)], 2, "Describe it."),
-    "hd_normalize": ("hovle-hd", {"normalize_encoder_output": True}, [(60, 60, 9)], 1, "Describe it."),
-    "dynamic_ntk": ("hovle", {"emb_rope": DYNAMIC_SMALL, "llm_rope": DYNAMIC_SMALL}, [(60, 60, 10)], 1, "Hi."),
-    "linear_rope": ("hovle", {"emb_rope": LINEAR, "llm_rope": LINEAR}, [], 1, "Tell me about colours."),
-    "gqa3_head64": ("hovle", {"hidden": 384, "heads": 6, "kv_heads": 2, "intermediate": 256}, [(60, 60, 11)], 1, "Hi."),
-    "mha": ("hovle", {"heads": 4, "kv_heads": 4}, [(60, 60, 12)], 1, "Hi."),
-    "gqa4": ("hovle-hd", {"hidden": 128, "heads": 8, "kv_heads": 2}, [(70, 60, 13)], 2, "Hi."),
-}
+from hovle import Engine
+from hovle.reference.model import ReferenceHoVLE
+from hovle.tooling.cases import CASES, DYNAMIC_SMALL, make_checkpoint, noise_image
 
 
 @pytest.fixture(scope="module")

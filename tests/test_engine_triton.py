@@ -7,11 +7,10 @@ natively. Same criteria as tests/test_engine_reference.py: logits within 1e-4 re
 import pytest
 import torch
 
-from engine import Engine
-from kernels._triton import HAS_TRITON, triton_usable
-from tests.ckpt import make_checkpoint, noise_image
-from tests.reference import ReferenceHoVLE
-from tests.test_engine_reference import CASES
+from hovle import Engine
+from hovle.kernels._triton import HAS_TRITON, triton_usable
+from hovle.reference.model import ReferenceHoVLE
+from hovle.tooling.cases import CASES, make_checkpoint, noise_image
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.skipif(not (HAS_TRITON and triton_usable(DEVICE)), reason="Triton cannot run here")

@@ -15,10 +15,10 @@ import types
 import pytest
 import torch
 
-from kernels import get_ops
-from kernels.attention import attention_ref
-from kernels.decode_attention import decode_attention_ref
-from kernels.flash_attn_backend import attention_flash, decode_attention_flash, flash_attn_module
+from hovle.kernels import get_ops
+from hovle.kernels.attention import attention_ref
+from hovle.kernels.decode_attention import decode_attention_ref
+from hovle.kernels.flash_attn_backend import attention_flash, decode_attention_flash, flash_attn_module
 from tests.kernel_utils import paged_kv
 
 
@@ -47,7 +47,7 @@ def _stand_in_with_kvcache(q, k_cache, v_cache, cache_seqlens=None, block_table=
 @pytest.fixture
 def stand_in(monkeypatch):
     module = types.SimpleNamespace(flash_attn_with_kvcache=_stand_in_with_kvcache)
-    monkeypatch.setattr("kernels.flash_attn_backend.flash_attn_module", lambda: module)
+    monkeypatch.setattr("hovle.kernels.flash_attn_backend.flash_attn_module", lambda: module)
 
 
 def _rope(t, d, seed, device="cpu", dtype=torch.float32):

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from engine import Engine, GenerationResult, HoVLEError
-from tests.ckpt import make_checkpoint
+from hovle import Engine, GenerationResult, HoVLEError
+from hovle.tooling.cases import make_checkpoint
 
 SETTINGS = settings(max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 SPECIALS = ["<|im_end|>", "<|im_start|>", "<image>", "<img>", "</img>", "<IMG_CONTEXT>", "<s>", "</s>", "\n", " "]

@@ -13,10 +13,10 @@ import os
 import pytest
 import torch
 
-from engine import Engine
-from engine.tooling.default_model import write_default_model
-from tests.ckpt import noise_image
-from tests.reference import ReferenceHoVLE
+from hovle import Engine
+from hovle.reference.model import ReferenceHoVLE
+from hovle.tooling.cases import noise_image
+from hovle.tooling.default_model import write_default_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 STEPS = 32

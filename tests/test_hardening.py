@@ -11,10 +11,10 @@ import time
 import pytest
 import torch
 
-from engine import Engine, HoVLEError, InputError, WeightsError
-from engine.errors import NumericsError
-from engine.prompt import get_template
-from tests.ckpt import make_checkpoint, noise_image
+from hovle import Engine, HoVLEError, InputError, WeightsError
+from hovle.errors import NumericsError
+from hovle.prompt import get_template
+from hovle.tooling.cases import make_checkpoint, noise_image
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_tile_budget_is_bounded_and_the_grid_search_is_fast(engine, root):
     with pytest.raises(InputError, match="hard cap is 128"):
         Engine.from_pretrained(make_checkpoint(root, "pre"), device="cpu", max_tiles=1000)
     assert time.perf_counter() - start < 1.0
-    from engine.loaders.image import _candidate_grids, choose_grid
+    from hovle.loaders.image import _candidate_grids, choose_grid
 
     start = time.perf_counter()
     assert choose_grid(4000, 30, min_num=1, max_num=128, image_size=448) == (128, 1)
@@ -133,10 +133,10 @@ def test_errors_are_the_engines_own(engine):
 def _vocab_checkpoint(root, extra: int, name: str):
     """A checkpoint whose model vocabulary is the tokenizer's + `extra` rows, the extra rows of the output head
     scaled so that, unmasked, they would win every greedy step."""
-    from engine.loaders.config import HoVLEConfig
-    from engine.tooling.checkpoint_writer import write_checkpoint
-    from engine.tooling.default_model import bundled_tokenizer, config_dict, random_tensors
-    from tests.ckpt import SMALL
+    from hovle.loaders.config import HoVLEConfig
+    from hovle.tooling.cases import SMALL
+    from hovle.tooling.checkpoint_writer import write_checkpoint
+    from hovle.tooling.default_model import bundled_tokenizer, config_dict, random_tensors
 
     tok, files = bundled_tokenizer()
     raw = config_dict("hovle", vocab_size=tok.vocab_size + extra, img_context_token_id=tok.img_context_id, **SMALL)
@@ -160,7 +160,7 @@ def test_ids_the_tokenizer_cannot_produce_are_never_chosen(root):
 
 
 def test_a_tokenizer_larger_than_the_model_is_refused_at_load(root):
-    from engine import TokenizerError
+    from hovle import TokenizerError
 
     path, tok = _vocab_checkpoint(root, -3, "small_vocab")
     with pytest.raises(TokenizerError, match=f"tokenizer has {tok.vocab_size} ids but the model's vocabulary is"):

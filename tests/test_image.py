@@ -1,4 +1,4 @@
-"""Tests for engine/loaders/image.py, in order: tiling decisions, bit-exact pixels, modes, input kinds, bad inputs."""
+"""Tests for hovle/loaders/image.py, in order: tiling decisions, bit-exact pixels, modes, input kinds, bad inputs."""
 
 import io
 import struct
@@ -10,14 +10,14 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from engine.errors import ImageError
-from engine.loaders.image import choose_grid, load_image, preprocess
-from kernels.preprocess import preprocess_tiles_ref
+from hovle.errors import ImageError
+from hovle.kernels.preprocess import preprocess_tiles_ref
+from hovle.loaders.image import choose_grid, load_image, preprocess
 
 S = 448
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
-EXAMPLE = Path(__file__).resolve().parents[1] / "engine" / "data" / "example.png"
+EXAMPLE = Path(__file__).resolve().parents[1] / "hovle" / "data" / "example.png"
 
 
 def noise_rgb(w, h, seed=0):
@@ -151,8 +151,8 @@ def test_no_thumbnail_and_not_dynamic():
 
 
 def test_the_tile_spec_is_the_independent_pixels():
-    """kernels.preprocess.preprocess_tiles_ref (the one spec both paths follow) against this file's own PIL + torch
-    computation."""
+    """hovle.kernels.preprocess.preprocess_tiles_ref (the one spec both paths follow) against this file's own PIL +
+    torch computation."""
     img = Image.fromarray(noise_rgb(300, 200, seed=9))
     grid = choose_grid(300, 200, min_num=1, max_num=6, image_size=56)
     assert torch.equal(preprocess_tiles_ref(np.asarray(img), grid, 56, True), reference_pixels(img, 6, size=56))

@@ -11,8 +11,8 @@ import math
 import pytest
 import torch
 
-from kernels._triton import HAS_TRITON
-from kernels.attention import attention, attention_ref
+from hovle.kernels._triton import HAS_TRITON
+from hovle.kernels.attention import attention, attention_ref
 from tests.conftest import kernel_device, requires_cuda
 from tests.kernel_utils import paged_kv
 
@@ -119,7 +119,7 @@ def test_default_max_seqlen_is_safe(poisoned):
 
 def test_every_tuning_config(monkeypatch, poisoned):
     """The interpreter runs only the first config; check that each tile shape the GPU may pick is correct too."""
-    from kernels import attention as mod
+    from hovle.kernels import attention as mod
 
     for config in mod._tile_configs():
         monkeypatch.setattr(mod._attention_kernel, "configs", [config])  # a single config runs without tuning

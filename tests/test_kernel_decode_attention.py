@@ -10,8 +10,8 @@ import math
 import pytest
 import torch
 
-from kernels._triton import HAS_TRITON
-from kernels.decode_attention import _launch, decode_attention, decode_attention_ref
+from hovle.kernels._triton import HAS_TRITON
+from hovle.kernels.decode_attention import _launch, decode_attention, decode_attention_ref
 from tests.conftest import kernel_device, requires_cuda
 from tests.kernel_utils import paged_kv
 
@@ -220,7 +220,7 @@ def test_validation_scalars():
 def test_every_tuning_config(monkeypatch):
     """The interpreter (and HOVLE_TRITON_AUTOTUNE=0) runs only the first config; each one the GPU may pick is
     checked here, with pages inside a key tile and straddling it."""
-    from kernels import decode_attention as mod
+    from hovle.kernels import decode_attention as mod
 
     for config in mod._CONFIGS:
         monkeypatch.setattr(mod._decode_attention_kernel, "configs", [config])  # a single config runs without tuning

@@ -8,7 +8,7 @@ against the bf16 reference instead.
 import pytest
 import torch
 
-from kernels.kv_store import kv_store, kv_store_ref
+from hovle.kernels.kv_store import kv_store, kv_store_ref
 from tests.conftest import kernel_device, requires_cuda
 from tests.kernel_utils import bits
 

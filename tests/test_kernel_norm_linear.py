@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels._triton import HAS_TRITON
-from kernels.norm_linear import norm_linear, norm_linear_ref
+from hovle.kernels._triton import HAS_TRITON
+from hovle.kernels.norm_linear import norm_linear, norm_linear_ref
 from tests.conftest import kernel_device, requires_cuda
 from tests.kernel_utils import bits, poison_empty  # noqa: F401 - autouse fixture
 
@@ -57,7 +57,7 @@ def test_matches_reference(m, k, n, dtype, residual, swiglu):
 
 
 def test_every_tuning_config(monkeypatch):
-    from kernels import norm_linear as mod
+    from hovle.kernels import norm_linear as mod
 
     for config in mod._configs():
         monkeypatch.setattr(mod._norm_linear_kernel, "configs", [config])

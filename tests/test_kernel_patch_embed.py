@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels.patch_embed import patch_embed, patch_embed_ref, weight_layout
-from kernels.pixel_shuffle import pixel_shuffle_ref
+from hovle.kernels.patch_embed import patch_embed, patch_embed_ref, weight_layout
+from hovle.kernels.pixel_shuffle import pixel_shuffle_ref
 from tests.conftest import kernel_device, requires_cuda
 from tests.kernel_utils import bits, poison_empty  # noqa: F401 - autouse fixture
 

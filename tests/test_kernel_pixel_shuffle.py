@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kernels.pixel_shuffle import pixel_shuffle, pixel_shuffle_ref
+from hovle.kernels.pixel_shuffle import pixel_shuffle, pixel_shuffle_ref
 from tests.conftest import kernel_device, requires_cuda
 from tests.kernel_utils import bits, poison_empty  # noqa: F401 - autouse fixture
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kernels.rms_norm import rms_norm, rms_norm_ref
+from hovle.kernels.rms_norm import rms_norm, rms_norm_ref
 from tests.conftest import kernel_device, requires_cuda
 from tests.kernel_utils import bits, check_graph_replay, poison_empty  # noqa: F401 - autouse fixture
 

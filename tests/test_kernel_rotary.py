@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kernels.rotary import rotary, rotary_ref, rotate, rotate_ref
+from hovle.kernels.rotary import rotary, rotary_ref, rotate, rotate_ref
 from tests.conftest import kernel_device, requires_cuda
 from tests.kernel_utils import bits, check_graph_replay, poison_empty  # noqa: F401 - autouse fixture
 

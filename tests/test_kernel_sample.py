@@ -8,10 +8,10 @@ of its row, so fp32 rounding differences (exp, summation order) cannot move a pi
 import pytest
 import torch
 
-from kernels.greedy import greedy
-from kernels.repetition_penalty import repetition_penalty, repetition_penalty_ref
-from kernels.sample import sample, sample_ref
-from kernels.torch_backend import sample_torch
+from hovle.kernels.greedy import greedy
+from hovle.kernels.repetition_penalty import repetition_penalty, repetition_penalty_ref
+from hovle.kernels.sample import sample, sample_ref
+from hovle.kernels.torch_backend import sample_torch
 from tests.conftest import kernel_device, requires_cuda
 from tests.kernel_utils import poison_empty  # noqa: F401 - autouse fixture
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels.swiglu import swiglu, swiglu_ref
+from hovle.kernels.swiglu import swiglu, swiglu_ref
 from tests.conftest import kernel_device, requires_cuda
 from tests.kernel_utils import poison_empty  # noqa: F401 - autouse fixture
 

@@ -1,6 +1,6 @@
-"""Tests for kernels/preprocess.py (csrc/preprocess.cpp, csrc/preprocess_cuda.cu) against the PIL + torch reference,
-and for engine.loaders.image.preprocess(..., preprocess=...). CPU tests skip if kernels._native is not built, kernel
-emulation tests if kernels/_preprocess_cuda.so is not, and CUDA tests without a GPU."""
+"""Tests for hovle/kernels/preprocess.py (csrc/preprocess.cpp, csrc/preprocess_cuda.cu) against the PIL + torch
+reference, and for hovle.loaders.image.preprocess(..., preprocess=...). CPU tests skip if hovle.kernels._native is not
+built, kernel emulation tests if hovle/kernels/_preprocess_cuda.so is not, and CUDA tests without a GPU."""
 
 import io
 
@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.errors import ImageError
-from engine.loaders.image import choose_grid, preprocess
-from kernels import preprocess as kp
+from hovle.errors import ImageError
+from hovle.kernels import preprocess as kp
+from hovle.loaders.image import choose_grid, preprocess
 
 S = 448
 MEAN = torch.tensor(kp.MEAN).view(1, 3, 1, 1)  # (3,) -> (1, 3, 1, 1)
@@ -27,7 +27,7 @@ def _cuda_lib_problem():
         kp._cuda_lib()
         return None if kp.native_available() else kp.native_problem()
     except OSError as e:
-        return f"kernels/_preprocess_cuda.so not loadable: {e}"
+        return f"hovle/kernels/_preprocess_cuda.so not loadable: {e}"
 
 
 needs_cuda_lib = pytest.mark.skipif(_cuda_lib_problem() is not None, reason=f"{_cuda_lib_problem()}")
@@ -266,9 +266,9 @@ def test_engine_native_errors_match_python():
 def test_engine_mode_selection(monkeypatch):
     with pytest.raises(ImageError, match="preprocess must be one of"):
         preprocess(photo(8, 8), preprocess="fast")
-    import engine.loaders.image
+    import hovle.loaders.image
 
-    monkeypatch.setattr(engine.loaders.image, "native_problem", lambda: "kernels._native is not built (test)")
-    with pytest.raises(ImageError, match=r"preprocess='native' is unavailable: kernels._native is not built"):
+    monkeypatch.setattr(hovle.loaders.image, "native_problem", lambda: "hovle.kernels._native is not built (test)")
+    with pytest.raises(ImageError, match=r"preprocess='native' is unavailable: hovle.kernels._native is not built"):
         preprocess(photo(8, 8), preprocess="native")
     assert preprocess(photo(8, 8), preprocess="auto").path == "python"

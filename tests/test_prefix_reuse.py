@@ -9,9 +9,9 @@ past max_position_embeddings with dynamic-NTK RoPE.
 import pytest
 import torch
 
-from engine import Engine
-from engine.runtime.runner import ModelRunner
-from tests.ckpt import make_checkpoint, noise_image
+from hovle import Engine
+from hovle.runtime.runner import ModelRunner
+from hovle.tooling.cases import make_checkpoint, noise_image
 
 DYNAMIC = {"rope_theta": 10000.0, "rope_scaling": {"type": "dynamic", "factor": 2.0}, "max_position_embeddings": 100}
 PAGE = 16
@@ -91,7 +91,7 @@ def test_no_reuse_across_other_pixels_or_past_dynamic_ntk_max_pos(tmp_path):
 
 def test_prefix_reuse_on_the_triton_backend(tmp_path):
     """The Triton attention kernel's cached-prefix path through shared pages (interpreter on the CPU)."""
-    from kernels._triton import HAS_TRITON, triton_usable
+    from hovle.kernels._triton import HAS_TRITON, triton_usable
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if not (HAS_TRITON and triton_usable(device)):

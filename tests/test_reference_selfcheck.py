@@ -1,4 +1,4 @@
-"""Self-checks of tests/reference.py on a tiny random checkpoint (CPU, fp32), against hand-written plain torch."""
+"""Self-checks of hovle/reference/model.py on a tiny random checkpoint (CPU, fp32), against hand-written plain torch."""
 
 import json
 import math
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from tests.reference import EMB, LLM, ReferenceHoVLE, pixel_shuffle
+from hovle.reference.model import EMB, LLM, ReferenceHoVLE, pixel_shuffle
 
 CTX, VOCAB, HID, TILE = 290, 300, 64, 56
 ATOL = RTOL = 1e-4

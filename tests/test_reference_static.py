@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from engine import Engine
-from tests.ckpt import make_checkpoint, noise_image
-from tests.reference import ReferenceHoVLE
-from tests.reference_static import StaticReferenceHoVLE
+from hovle import Engine
+from hovle.reference.model import ReferenceHoVLE
+from hovle.reference.static import StaticReferenceHoVLE
+from hovle.tooling.cases import make_checkpoint, noise_image
 
 
 @pytest.mark.parametrize("variant", ["hovle", "hovle-hd"])

@@ -17,8 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
-from engine import Engine
-from tests.ckpt import make_checkpoint, noise_image
+from hovle import Engine
+from hovle.tooling.cases import make_checkpoint, noise_image
 from tests.serve_utils import data_url, running_server
 
 MODEL = "hovle-test"
@@ -88,7 +88,7 @@ def test_images_as_data_urls_and_allowed_local_files(client, engine, media):
 
 
 def test_parts_keep_their_order(client, engine):
-    from engine.prompt import ImageSlot
+    from hovle.prompt import ImageSlot
 
     image = noise_image(70, 50, 5)
     parts = [{"type": "text", "text": "Look: "}, {"type": "image_url", "image_url": {"url": data_url(image)}},

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import sentencepiece as spm
 
-from engine.errors import InputError, TokenizerError
-from engine.loaders.tokenizer import Tokenizer
-from engine.prompt import ImageSlot, build_prompt, get_template, place_images, render
-from engine.tooling.tokenizer_trainer import write_tokenizer_files
+from hovle.errors import InputError, TokenizerError
+from hovle.loaders.tokenizer import Tokenizer
+from hovle.prompt import ImageSlot, build_prompt, get_template, place_images, render
+from hovle.tooling.tokenizer_trainer import write_tokenizer_files
 
 SYS = "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。"
 CHAT = ["<|plugin|>", "<|interpreter|>", "<|action_end|>", "<|action_start|>", "<|im_end|>", "<|im_start|>"]

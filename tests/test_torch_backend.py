@@ -8,9 +8,9 @@ multiplies by zero) a key past its length gets NaN. The decode op is batched and
 import pytest
 import torch
 
-from kernels.attention import attention_ref
-from kernels.decode_attention import decode_attention_ref
-from kernels.torch_backend import attention_torch, decode_attention_torch
+from hovle.kernels.attention import attention_ref
+from hovle.kernels.decode_attention import decode_attention_ref
+from hovle.kernels.torch_backend import attention_torch, decode_attention_torch
 from tests import test_kernel_attention as prefill
 from tests import test_kernel_decode_attention as decode
 

@@ -15,9 +15,11 @@ import pytest
 import torch
 from PIL import Image
 
-from engine import Engine
-from engine.tooling.default_model import EXAMPLE_IMAGE, VARIANTS, ensure_default_model, example_questions
-from engine.tooling.scenes import (
+from hovle import Engine
+from hovle.kernels._triton import HAS_TRITON, triton_usable
+from hovle.reference.model import ReferenceHoVLE, load_tensors, split_wqkv
+from hovle.tooling.default_model import EXAMPLE_IMAGE, VARIANTS, ensure_default_model, example_questions
+from hovle.tooling.scenes import (
     COLOURED,
     KINDS,
     PALETTE,
@@ -28,8 +30,6 @@ from engine.tooling.scenes import (
     render,
     tile_grid,
 )
-from kernels._triton import HAS_TRITON, triton_usable
-from tests.reference import ReferenceHoVLE, load_tensors, split_wqkv
 from tools.evaluate import held_out, score
 from tools.scene_data import (
     ATTRIBUTE_KINDS,

@@ -11,8 +11,8 @@ import dataclasses
 import pytest
 import torch
 
-from engine import Engine
-from engine.tooling.default_model import VARIANTS, ensure_default_model
+from hovle import Engine
+from hovle.tooling.default_model import VARIANTS, ensure_default_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 SCENES = 100

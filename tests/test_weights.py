@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from engine.errors import WeightsError
-from engine.loaders import weights
-from engine.loaders.config import HoVLEConfig
-from engine.loaders.weights import (
+from hovle.errors import WeightsError
+from hovle.loaders import weights
+from hovle.loaders.config import HoVLEConfig
+from hovle.loaders.weights import (
     INDEX_FILE,
     UNUSED_TENSORS,
     checkpoint_files,
@@ -22,7 +22,7 @@ from engine.loaders.weights import (
     load_weights,
     validate_checkpoint,
 )
-from engine.tooling.checkpoint_writer import write_checkpoint
+from hovle.tooling.checkpoint_writer import write_checkpoint
 
 SHARD_BYTES = 300_000  # the tiny model is ~1 MB of F32, so this gives >= 3 shards
 

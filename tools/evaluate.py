@@ -1,6 +1,6 @@
 """Held-out accuracy of a trained default model: scenes the training never saw, greedy answers, exact match.
 
-    .venv/bin/python -m tools.evaluate engine/data/default-model/hovle [--scenes 100] [--wrong]
+    .venv/bin/python -m tools.evaluate hovle/data/default-model/hovle [--scenes 100] [--wrong]
 
 Prints the accuracy per question kind and per question template (the kind names replaced by X), the numbers the
 README's table and the closing notes quote; --wrong lists every wrong answer.
@@ -14,9 +14,9 @@ import re
 
 import torch
 
-from engine import Engine
-from engine.errors import HoVLEError
-from engine.tooling.scenes import questions, random_scene, render
+from hovle import Engine
+from hovle.errors import HoVLEError
+from hovle.tooling.scenes import questions, random_scene, render
 
 from .scene_data import HELD_OUT_SEED, pick_questions
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from engine.prompt import get_template
-from engine.tooling.scenes import (
+from hovle.prompt import get_template
+from hovle.tooling.scenes import (
     COLOURED,
     KINDS,
     PALETTE,

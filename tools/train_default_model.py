@@ -1,6 +1,6 @@
 """Trains the embedded default model (HoVLE and HoVLE-HD) on procedural scenes, on the CPU, reproducibly.
 
-    .venv/bin/python -m tools.train_default_model                 # both variants -> engine/data/default-model/
+    .venv/bin/python -m tools.train_default_model                 # both variants -> hovle/data/default-model/
     .venv/bin/python -m tools.train_default_model --variant hovle --steps 200 --out /tmp/m
     .venv/bin/python -m tools.train_default_model --variant hovle --recipe '{"lr": 4e-3}' --out /tmp/m
 
@@ -34,18 +34,18 @@ from pathlib import Path
 
 import torch
 
-from engine import Engine
-from engine.loaders.config import HoVLEConfig
-from engine.tooling.checkpoint_writer import write_checkpoint
-from engine.tooling.default_model import VARIANTS, config_dict, tokenizer_files, write_default_model
-from engine.tooling.tokenizer_trainer import write_tokenizer_files
-from tests.reference import load_tensors
+from hovle import Engine
+from hovle.loaders.config import HoVLEConfig
+from hovle.reference.model import load_tensors
+from hovle.tooling.checkpoint_writer import write_checkpoint
+from hovle.tooling.default_model import VARIANTS, config_dict, tokenizer_files, write_default_model
+from hovle.tooling.tokenizer_trainer import write_tokenizer_files
 
 from .scene_data import Packed, corpus_lines, scene_example
 from .train_model import TrainableHoVLE
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = REPO / "engine" / "data" / "default-model"
+DEFAULT_OUT = REPO / "hovle" / "data" / "default-model"
 THREADS = 2
 WARM_FIRST_SEED = 1_000_000  # a warm-started variant trains on scenes its starting model never saw
 

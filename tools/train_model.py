@@ -1,4 +1,4 @@
-"""A trainable HoVLE / HoVLE-HD built from the tests' independent reference (tests/reference.py), batched.
+"""A trainable HoVLE / HoVLE-HD built from the tests' independent reference (hovle/reference/model.py), batched.
 
 No layer math is written here: the stacks are the reference's `Stack`s of transformers `LlamaDecoderLayer`s (the
 fused wqkv split by `split_wqkv`), the image side is the reference's `vision_tokens`, `pixel_shuffle` and
@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tests import reference
-from tests.reference import EMB, LAYER_RENAME, LLM, ReferenceHoVLE, pixel_shuffle
+from hovle.reference import model as reference
+from hovle.reference.model import EMB, LAYER_RENAME, LLM, ReferenceHoVLE, pixel_shuffle
 
 from .scene_data import NOUN_CHANNELS, REGION_CHANNELS, SUMMARY_CHANNELS, Packed
 

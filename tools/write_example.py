@@ -1,4 +1,4 @@
-"""Writes engine/data/example.png and engine/data/example_questions.json from the scene generator.
+"""Writes hovle/data/example.png and hovle/data/example_questions.json from the scene generator.
 
     .venv/bin/python -m tools.write_example
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 
-from engine.tooling.default_model import EXAMPLE_IMAGE, EXAMPLE_QUESTIONS
-from engine.tooling.scenes import example_scene, questions, render
+from hovle.tooling.default_model import EXAMPLE_IMAGE, EXAMPLE_QUESTIONS
+from hovle.tooling.scenes import example_scene, questions, render
 
 ASKED = ("What colour is the house?", "How many trees are there?", "Is the house left of the tree?")
 
@@ -23,7 +23,7 @@ def example_entries() -> list[dict[str, str]]:
 
 def main() -> int:
     render(example_scene()).save(EXAMPLE_IMAGE, optimize=True)
-    scene = "engine.tooling.scenes.example_scene()"
+    scene = "hovle.tooling.scenes.example_scene()"
     doc = {"image": EXAMPLE_IMAGE.name, "scene": scene, "questions": example_entries()}
     EXAMPLE_QUESTIONS.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {EXAMPLE_IMAGE} and {EXAMPLE_QUESTIONS}")
