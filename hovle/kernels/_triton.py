@@ -51,11 +51,53 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def autotuning() -> bool:
+    """False under the interpreter and with HOVLE_TRITON_AUTOTUNE=0 (the GPU test runs: every config costs a
+    compile, and the kernel tests check each config's correctness on their own): then a tiled kernel runs the first
+    of its configs that fits the device."""
+    return not interpreting() and os.environ.get("HOVLE_TRITON_AUTOTUNE", "1") != "0"
+
+
 def tuning_configs(configs: list) -> list:
-    """The autotuning list of a tiled kernel: all of it, or only its first entry (a sound default) under the
-    interpreter and with HOVLE_TRITON_AUTOTUNE=0 (the GPU test runs: every config costs a compile, and the kernel
-    tests check each config's correctness on their own)."""
-    return configs[:1] if interpreting() or os.environ.get("HOVLE_TRITON_AUTOTUNE", "1") == "0" else configs
+    """The autotuning list of a tiled kernel, best default first. Pair it with `fitting_configs` as the kernel's
+    early_config_prune: that drops what does not fit in shared memory and, when not autotuning, keeps one."""
+    return list(configs)
+
+
+def smem_limit(device) -> int:
+    """Shared memory one program may use on `device` (the opt-in maximum on CUDA); unlimited elsewhere."""
+    if getattr(device, "type", device) != "cuda":
+        return 1 << 62
+    import torch
+
+    props = torch.cuda.get_device_properties(device)
+    return int(getattr(props, "shared_memory_per_block_optin", 0) or props.shared_memory_per_block)
+
+
+SMEM_MARGIN = 16 << 10  # scratch Triton adds beyond the pipelined tiles (layout conversions, reductions)
+
+
+def fitting_configs(smem_bytes, then=None):
+    """An early_config_prune: the configs whose pipelined tiles, `smem_bytes(config, named_args, constexprs)`, fit
+    the device's shared memory (for the arguments' dtypes: fp32 tiles are twice bf16's), in their order; never
+    none (the smallest stays). Not autotuning: the first of them only. `then` prunes further, before that."""
+
+    def prune(configs: list, named_args: dict, **kwargs) -> list:
+        device = next(t.device for t in named_args.values() if hasattr(t, "device"))
+        budget = smem_limit(device) - SMEM_MARGIN
+        cost = {id(c): smem_bytes(c, named_args, kwargs) for c in configs}
+        kept = [c for c in configs if cost[id(c)] <= budget] or [min(configs, key=lambda c: cost[id(c)])]
+        kept = then(kept, named_args, **kwargs) if then is not None else kept
+        return kept if autotuning() else kept[:1]
+
+    return prune
+
+
+def warps(elements: int, per_warp: int = 512, most: int = 8) -> int:
+    """num_warps of a row-wise kernel over `elements` values: about one warp per `per_warp` of them, rounded down to
+    a power of two in [1, most] (Triton needs a power of two)."""
+    n = max(1, min(most, elements // per_warp))
+    return 1 << (n.bit_length() - 1)
 
 
 def triton_usable(device_type: str) -> bool:

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ._checks import FLOATS, check_index, check_same_device, require
 from ._paged import check_block_tables, check_cache, sequence_kv
-from ._triton import tl, triton, triton_usable, tuning_configs
+from ._triton import fitting_configs, tl, triton, triton_usable, tuning_configs
 from .rotary import rotate_ref
 
 _QUERY_CHUNK = 1024  # bounds the (Hq, chunk, keys) score matrix the reference materialises
@@ -91,6 +91,12 @@ def _prune(configs: list, named_args: dict, **kwargs) -> list:
     return small if kwargs["BLOCK_D"] > 128 and small else configs
 
 
+def _smem(config, args: dict, consts: dict) -> int:
+    """Shared memory: the q tile, and num_stages of pipelined K and V tiles."""
+    m, n, d = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], consts["BLOCK_D"]
+    return (m * d + config.num_stages * 2 * n * d) * args["k_ptr"].element_size()
+
+
 @triton.jit
 def _kv_tile(base, table_ptr, start_n, keys, kv_len, stride_n, stride_s, offs_d, PAGE: tl.constexpr,
              BLOCK_N: tl.constexpr):  # fmt: skip
@@ -140,7 +146,7 @@ def _attend_tiles(acc, l_i, m_i, q, k_base, v_base, table_ptr, q_pos, kv_len, lo
 @triton.autotune(
     configs=tuning_configs(_tile_configs()),
     key=["HEAD_DIM", "GROUP", "PAGE", "seq_bucket"],
-    prune_configs_by={"early_config_prune": _prune},
+    prune_configs_by={"early_config_prune": fitting_configs(_smem, then=_prune)},
 )
 @triton.jit
 def _attention_kernel(q_ptr, k_ptr, v_ptr, out_ptr, cos_ptr, sin_ptr, cu_ptr, prefix_ptr, table_ptr,

@@ -28,7 +28,7 @@ import torch
 
 from ._checks import FLOATS, check_index, check_same_device, require
 from ._paged import check_block_tables, check_cache, sequence_kv
-from ._triton import tl, triton, triton_usable, tuning_configs
+from ._triton import fitting_configs, tl, triton, triton_usable, tuning_configs
 from .attention import _kv_tile
 from .rotary import rotate_ref
 
@@ -70,10 +70,17 @@ _CONFIGS = [
     triton.Config({"BLOCK_N": 64}, num_warps=4, num_stages=4),
     triton.Config({"BLOCK_N": 128}, num_warps=4, num_stages=2),
     triton.Config({"BLOCK_N": 128}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_N": 64}, num_warps=4, num_stages=2),  # fp32 on devices with less shared memory (128 KiB)
 ]
 
 
-@triton.autotune(configs=tuning_configs(_CONFIGS), key=["HEAD_DIM", "BLOCK_H", "PAGE"])
+def _smem(config, args: dict, consts: dict) -> int:
+    """Shared memory of the pipelined K and V tiles: num_stages x 2 x BLOCK_N x BLOCK_D elements."""
+    return config.num_stages * 2 * config.kwargs["BLOCK_N"] * consts["BLOCK_D"] * args["k_ptr"].element_size()
+
+
+@triton.autotune(configs=tuning_configs(_CONFIGS), key=["HEAD_DIM", "BLOCK_H", "PAGE"],
+                 prune_configs_by={"early_config_prune": fitting_configs(_smem)})
 @triton.jit
 def _decode_attention_kernel(
     q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, cos_ptr, sin_ptr, acc_ptr, m_ptr, l_ptr,

@@ -16,7 +16,7 @@ bounds (the reference would raise instead).
 import torch
 
 from ._checks import FLOATS, check_index, check_same_device, require
-from ._triton import tl, triton
+from ._triton import tl, triton, warps
 from .rotary import check_rotary_args, rotate_halves, rotate_ref
 
 
@@ -105,7 +105,7 @@ def _kv_store_op(
         cos_t.stride(0), sin_t.stride(0),
         hkv, k_cache.shape[0], k_cache.shape[2],
         D=d, ROTATE=rotate, BLOCK_H=triton.next_power_of_2(hkv), BLOCK_D=block_d,
-        num_warps=max(1, min(8, hkv * d // 512)), enable_fp_fusion=False,
+        num_warps=warps(hkv * d), enable_fp_fusion=False,
     )  # fmt: skip
 
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ._checks import FLOATS, require
-from ._triton import tl, triton, triton_usable, tuning_configs
+from ._triton import fitting_configs, tl, triton, triton_usable, tuning_configs
 from .rms_norm import rms_norm_ref
 from .swiglu import swiglu_ref
 
@@ -59,7 +59,15 @@ def _normed_rows(x_ptr, res_ptr, nw_ptr, r_out_ptr, offs_m, offs_k, m_mask, k_ma
     return x
 
 
-@triton.autotune(configs=tuning_configs(_configs()), key=["N_OUT", "K", "BLOCK_M", "SWIGLU"])
+def _smem(config, args: dict, consts: dict) -> int:
+    """Shared memory of the pipelined tiles: num_stages x (rows BLOCK_M + weight BLOCK_N (twice with SwiGLU)) x
+    BLOCK_K."""
+    n = config.kwargs["BLOCK_N"] * (2 if consts["SWIGLU"] else 1)
+    return config.num_stages * config.kwargs["BLOCK_K"] * (consts["BLOCK_M"] + n) * args["w_ptr"].element_size()
+
+
+@triton.autotune(configs=tuning_configs(_configs()), key=["N_OUT", "K", "BLOCK_M", "SWIGLU"],
+                 prune_configs_by={"early_config_prune": fitting_configs(_smem)})
 @triton.jit
 def _norm_linear_kernel(x_ptr, res_ptr, nw_ptr, w_ptr, y_ptr, r_out_ptr,
                         stride_x_m, stride_res_m, stride_w_n, stride_y_m, stride_r_m,

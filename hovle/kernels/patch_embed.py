@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ._checks import FLOATS
-from ._triton import tl, triton, triton_usable, tuning_configs
+from ._triton import fitting_configs, tl, triton, triton_usable, tuning_configs
 from .pixel_shuffle import pixel_shuffle_ref
 
 
@@ -44,7 +44,14 @@ _CONFIGS = [
 
 # SHUFFLE is deliberately not in the key: for a given shape both layouts run the same config, so the shuffled
 # output holds bit-for-bit the values of the unshuffled one. M_BUCKET (next power of two of N) bounds re-tuning.
-@triton.autotune(configs=tuning_configs(_CONFIGS), key=["M_BUCKET", "C", "PATCH"])
+def _smem(config, args: dict, consts: dict) -> int:
+    """Shared memory of the pipelined tiles: num_stages x (pixels BLOCK_M x BLOCK_K + weight BLOCK_K x BLOCK_N)."""
+    m, n, k = (config.kwargs[b] for b in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+    return config.num_stages * k * (m * args["px_ptr"].element_size() + n * args["w_ptr"].element_size())
+
+
+@triton.autotune(configs=tuning_configs(_CONFIGS), key=["M_BUCKET", "C", "PATCH"],
+                 prune_configs_by={"early_config_prune": fitting_configs(_smem)})
 @triton.jit
 def _patch_embed_kernel(px_ptr, w_ptr, bias_ptr, pos_ptr, out_ptr,
                         stride_px_n, stride_px_c, stride_px_h, stride_px_w,

@@ -15,7 +15,7 @@ q and k may be strided views (T, H, D) of the fused qkv projection (last dim con
 import torch
 
 from ._checks import FLOATS
-from ._triton import tl, triton
+from ._triton import tl, triton, warps
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -96,7 +96,7 @@ def _launch(q: torch.Tensor, k: torch.Tensor | None, cos: torch.Tensor, sin: tor
         q_out.stride(0), q_out.stride(1), k_out.stride(0), k_out.stride(1),
         hq, hkv,
         HALF=half, HAS_K=k is not None, BLOCK_HQ=triton.next_power_of_2(hq), BLOCK_HKV=triton.next_power_of_2(hkv),
-        BLOCK_HALF=triton.next_power_of_2(half), num_warps=max(1, min(8, tile // 512)), enable_fp_fusion=False,
+        BLOCK_HALF=triton.next_power_of_2(half), num_warps=warps(tile), enable_fp_fusion=False,
     )  # fmt: skip
     return q_out, k_out
 
