@@ -4,15 +4,18 @@ Some choices cannot be made from first principles: whether a fused Triton kernel
 kernels at a given decode shape, or which attention backend wins at a given prefill length, depends on the GPU and
 the library versions. A `Choice` times each candidate on its first call with a new key (CUDA events, median of a
 few runs, after a warm-up call that compiles and autotunes), keeps the fastest for that key, and afterwards calls it
-directly. Candidates that raise are left out. It never measures where it cannot (the CPU, inside a CUDA-graph
-capture): there the first candidate runs, and a key first seen during a capture keeps that choice. HOVLE_CHOOSE_
-<NAME>=<candidate> forces one (tests, benchmarks). `log` holds every measurement.
+directly. A candidate that raises is left out and reported (on stderr and in `failures`, with its exception); a
+CUDA error is raised at once instead, since it poisons every later call in the process. It never measures where it
+cannot (the CPU, inside a CUDA-graph capture): there the first candidate runs, and a key first seen during a
+capture keeps that choice. HOVLE_CHOOSE_<NAME>=<candidate> forces one (tests, benchmarks). `log` holds every
+measurement; `summary()` every choice made in this process (benchmark rows carry it).
 """
 
 from __future__ import annotations
 
 import os
 import statistics
+import sys
 from collections.abc import Callable, Hashable
 
 import torch
@@ -31,13 +34,36 @@ def cuda_timer(fn: Callable[[], object], reps: int = 7) -> float:
     return statistics.median(times)
 
 
+_ALL: list[Choice] = []  # every Choice made in this process, for summary()
+
+
+def summary() -> dict[str, dict[str, str]]:
+    """{choice name: {key: chosen candidate}} of every measured choice so far, and {name + ' failed': {key:
+    'candidate: exception'}} where a candidate raised: what a benchmark row needs to say which code it timed."""
+    out: dict[str, dict[str, str]] = {}
+    for c in _ALL:
+        if c.chosen:
+            out[c.name] = {str(k): v for k, v in c.chosen.items()}
+        for key, failed in c.failures.items():
+            out.setdefault(c.name + " failed", {})[str(key)] = "; ".join(f"{n}: {e}" for n, e in failed.items())
+    return out
+
+
+def _is_cuda_fault(exc: Exception) -> bool:
+    """An error of the CUDA context itself (an illegal address, a launch failure): not a candidate's shortcoming."""
+    accelerator_error = getattr(torch, "AcceleratorError", ())
+    return (accelerator_error and isinstance(exc, accelerator_error)) or "CUDA error" in str(exc)
+
+
 class Choice:
     def __init__(self, name: str, candidates: dict[str, Callable], timer: Callable | None = None):
         self.name, self.candidates = name, candidates
         self.timer = timer or cuda_timer
         self.chosen: dict[Hashable, str] = {}
         self.log: dict[Hashable, dict[str, float]] = {}
+        self.failures: dict[Hashable, dict[str, str]] = {}  # key -> candidate -> "ExceptionType: message"
         self.calls = dict.fromkeys(candidates, 0)  # which implementation actually ran, how often
+        _ALL.append(self)
 
     def forced(self) -> str | None:
         name = os.environ.get(f"HOVLE_CHOOSE_{self.name.upper()}")
@@ -59,11 +85,18 @@ class Choice:
             try:
                 fn(*args, **kwargs)  # compile and autotune outside the timing
                 times[name] = self.timer(lambda fn=fn: fn(*args, **kwargs))
-            except Exception:  # noqa: BLE001 - a candidate that cannot run this shape is not a choice
-                continue
+            except Exception as exc:  # noqa: BLE001 - a candidate that cannot run this shape is not a choice
+                if _is_cuda_fault(exc):
+                    raise
+                self._failed(key, name, exc)
         self.log[key] = times
         self.chosen[key] = min(times, key=times.get) if times else first
         return self.chosen[key]
+
+    def _failed(self, key: Hashable, name: str, exc: Exception) -> None:
+        text = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
+        self.failures.setdefault(key, {})[name] = text
+        print(f"autoselect {self.name} {key}: candidate {name!r} left out ({text})", file=sys.stderr, flush=True)
 
     def __call__(self, key: Hashable, *args, **kwargs):
         name = self.forced() or self.chosen.get(key)  # the per-call path: no device queries once a key is known
