@@ -31,10 +31,11 @@ from .model.model import HD_DECODE_MODES, HoVLEModel
 from .options import IDLE_CHUNK, check_tokenizer, positive_int, resolve_device_dtype
 from .prompt import get_template, split_images
 from .request import MAX_TILES_CAP, Request, RequestBuilder
+from .runtime.decode import BUCKETS
 from .runtime.runner import ModelRunner
 from .runtime.scheduler import Scheduler
 from .runtime.sequence import Sequence
-from .runtime.sizing import Sizing
+from .runtime.sizing import Sizing, kv_cache_cap
 
 
 class Stream:
@@ -102,6 +103,9 @@ class Engine:
             raise InputError(f"max_tiles = {max_tiles}; the hard cap is {MAX_TILES_CAP} tiles per image")
         if max_context is not None and max_context < 2:
             raise InputError(f"max_context = {max_context!r}; expected an integer >= 2")
+        if max_batch is not None and max_batch > BUCKETS[-1]:
+            raise InputError(f"max_batch = {max_batch}; at most {BUCKETS[-1]} sequences decode at once")
+        kv_cache_cap()  # a bad HOVLE_KV_CACHE_CAP is reported before loading
         try:
             ops = get_ops(backend, device.type)
         except ValueError as exc:
@@ -115,6 +119,7 @@ class Engine:
         runner = ModelRunner(model, max_batch=sizing.max_batch, num_pages=sizing.num_pages, page=sizing.page,
                              max_pages=sizing.max_pages, cuda_graphs=bool(cuda_graphs), quirk=sizing.quirk,
                              vocab_limit=tokenizer.vocab_size if tokenizer.vocab_size < cfg.llm.vocab_size else None)
+        runner.step.capture_all(sizing.max_batch)  # CUDA graphs of the common decode mode, before any request
         chunk = prefill_chunk or (4096 if device.type == "cuda" else 2048)
         scheduler = Scheduler(runner, tokenizer, max_batch=sizing.max_batch, max_queue=max_queue,
                               prefill_chunk=chunk, idle_chunk=prefill_chunk or IDLE_CHUNK,
@@ -124,7 +129,8 @@ class Engine:
         return cls(cfg, tokenizer, model, scheduler, builder, hd_decode, sizing.max_context)
 
     def close(self) -> None:
-        """Stops the scheduler thread (requests still running fail with EngineClosed)."""
+        """Stops the scheduler thread (requests still running fail with EngineClosed) and frees the device memory
+        (KV caches, CUDA graphs) at once."""
         self._finalizer()
 
     def __enter__(self) -> Engine:

@@ -8,6 +8,8 @@ import torch
 
 from hovle.kernels.autoselect import Choice
 
+pytestmark = pytest.mark.gpu  # make gpu-check runs these
+
 
 class FakeTimer:
     def __init__(self, costs: dict):

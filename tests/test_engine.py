@@ -14,6 +14,7 @@ from hovle.reference.model import ReferenceHoVLE
 from hovle.runtime.decode import DecodeStep
 from hovle.runtime.runner import ModelRunner
 from hovle.tooling.cases import make_checkpoint, noise_image
+from tests.conftest import assert_parting_is_a_near_tie
 
 
 @pytest.fixture(scope="module")
@@ -304,13 +305,16 @@ def test_finished_sequences_stop_costing_work(root, monkeypatch):
     assert sum(len(s) for s in steps) == (budget_long - 1) + 39
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("variant", ["pre", "post"])
 def test_cuda_graph_decode_equals_eager(root, variant):
+    """Graph replays give the eager step's tokens. A bucket pads 3 rows to 4, and cuBLAS may sum a 4-row product
+    in another order than a 3-row one, so fp32 runs may part at a near tie (top-2 logits within 1e-3), not else."""
     path = make_checkpoint(root, variant, "hovle-hd" if variant == "post" else "hovle")
     prompts = ["Describe.", "<image>\nWhat is here?", "A longer question about nothing at all."]
     images = [noise_image(100, 60, 1), noise_image(60, 60, 2), None]
-    outs = []
+    outs, engines = [], []
     for graphs in (True, False):
         eng = Engine.from_pretrained(path, device="cuda", dtype=torch.float32, cuda_graphs=graphs)
         outs.append([r.token_ids for r in eng.generate(prompts, images, max_num=2, max_new_tokens=24,
@@ -320,4 +324,8 @@ def test_cuda_graph_decode_equals_eager(root, variant):
             assert stats["graph_replays"] == stats["decode_steps"] > 0 and stats["eager_steps"] == 0
         else:
             assert stats["eager_steps"] == stats["decode_steps"] > 0 and stats["graph_replays"] == 0
-    assert outs[0] == outs[1]
+        engines.append(eng)
+    eager = engines[1]
+    for prompt, image, with_graphs, without in zip(prompts, images, *outs):
+        req = eager.prepare([{"role": "user", "content": prompt}], [image] if image is not None else [], 2)
+        assert_parting_is_a_near_tie(eager, req, without, with_graphs, 1e-3)

@@ -13,7 +13,10 @@ from hovle.reference.model import ReferenceHoVLE
 from hovle.tooling.cases import CASES, make_checkpoint, noise_image
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-pytestmark = pytest.mark.skipif(not (HAS_TRITON and triton_usable(DEVICE)), reason="Triton cannot run here")
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not (HAS_TRITON and triton_usable(DEVICE)), reason="Triton cannot run here"),
+]
 STEPS = 32 if DEVICE == "cuda" else 12  # interpreted kernels are slow: fewer greedy steps on the CPU
 
 

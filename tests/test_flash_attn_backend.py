@@ -21,6 +21,8 @@ from hovle.kernels.decode_attention import decode_attention_ref
 from hovle.kernels.flash_attn_backend import attention_flash, decode_attention_flash, flash_attn_module
 from tests.kernel_utils import paged_kv
 
+pytestmark = pytest.mark.gpu  # make gpu-check runs these
+
 
 def _stand_in_with_kvcache(q, k_cache, v_cache, cache_seqlens=None, block_table=None, softmax_scale=None,
                            causal=False, **unexpected):  # fmt: skip

@@ -18,7 +18,7 @@ from hovle.reference.model import ReferenceHoVLE
 from hovle.tooling.cases import noise_image
 from hovle.tooling.default_model import write_default_model
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 STEPS = 32
 
 

@@ -16,7 +16,7 @@ from hovle.kernels.attention import attention, attention_ref
 from tests.conftest import kernel_device, requires_cuda
 from tests.kernel_utils import paged_kv
 
-pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not HAS_TRITON, reason="needs triton")]
 
 
 def _rotate64(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

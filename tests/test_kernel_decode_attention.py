@@ -15,7 +15,7 @@ from hovle.kernels.decode_attention import _launch, decode_attention, decode_att
 from tests.conftest import kernel_device, requires_cuda
 from tests.kernel_utils import paged_kv
 
-pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not HAS_TRITON, reason="needs triton")]
 
 
 @pytest.fixture(autouse=True)

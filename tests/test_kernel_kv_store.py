@@ -12,6 +12,8 @@ from hovle.kernels.kv_store import kv_store, kv_store_ref
 from tests.conftest import kernel_device, requires_cuda
 from tests.kernel_utils import bits
 
+pytestmark = pytest.mark.gpu  # make gpu-check runs these
+
 DEV = kernel_device()
 ALL_DTYPES = [torch.float32, torch.float16, pytest.param(torch.bfloat16, marks=requires_cuda)]
 

@@ -14,7 +14,7 @@ from hovle.kernels.norm_linear import norm_linear, norm_linear_ref
 from tests.conftest import kernel_device, requires_cuda
 from tests.kernel_utils import bits, poison_empty  # noqa: F401 - autouse fixture
 
-pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not HAS_TRITON, reason="needs triton")]
 
 
 def _inputs(m, k, n, dtype, residual, device=None, seed=0):

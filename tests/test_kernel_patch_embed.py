@@ -13,6 +13,8 @@ from hovle.kernels.pixel_shuffle import pixel_shuffle_ref
 from tests.conftest import kernel_device, requires_cuda
 from tests.kernel_utils import bits, poison_empty  # noqa: F401 - autouse fixture
 
+pytestmark = pytest.mark.gpu  # make gpu-check runs these
+
 DEV = kernel_device()
 P = 14
 

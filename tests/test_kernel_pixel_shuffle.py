@@ -7,6 +7,8 @@ from hovle.kernels.pixel_shuffle import pixel_shuffle, pixel_shuffle_ref
 from tests.conftest import kernel_device, requires_cuda
 from tests.kernel_utils import bits, poison_empty  # noqa: F401 - autouse fixture
 
+pytestmark = pytest.mark.gpu  # make gpu-check runs these
+
 DEV = kernel_device()
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]  # no tl.dot: bf16 is fine in the interpreter
 

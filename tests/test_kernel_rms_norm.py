@@ -7,6 +7,8 @@ from hovle.kernels.rms_norm import rms_norm, rms_norm_ref
 from tests.conftest import kernel_device, requires_cuda
 from tests.kernel_utils import bits, check_graph_replay, poison_empty  # noqa: F401 - autouse fixture
 
+pytestmark = pytest.mark.gpu  # make gpu-check runs these
+
 DEV = kernel_device()
 EPS = 1e-5
 CPU_DTYPES = [torch.float32, torch.float16]

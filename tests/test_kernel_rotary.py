@@ -7,6 +7,8 @@ from hovle.kernels.rotary import rotary, rotary_ref, rotate, rotate_ref
 from tests.conftest import kernel_device, requires_cuda
 from tests.kernel_utils import bits, check_graph_replay, poison_empty  # noqa: F401 - autouse fixture
 
+pytestmark = pytest.mark.gpu  # make gpu-check runs these
+
 DEV = kernel_device()
 ALL_DTYPES = [torch.float32, torch.float16, pytest.param(torch.bfloat16, marks=requires_cuda)]
 

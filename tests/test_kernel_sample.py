@@ -15,6 +15,8 @@ from hovle.kernels.torch_backend import sample_torch
 from tests.conftest import kernel_device, requires_cuda
 from tests.kernel_utils import poison_empty  # noqa: F401 - autouse fixture
 
+pytestmark = pytest.mark.gpu  # make gpu-check runs these
+
 DEV = kernel_device()
 MARGIN = 1e-5
 

@@ -8,6 +8,8 @@ from hovle.kernels.swiglu import swiglu, swiglu_ref
 from tests.conftest import kernel_device, requires_cuda
 from tests.kernel_utils import poison_empty  # noqa: F401 - autouse fixture
 
+pytestmark = pytest.mark.gpu  # make gpu-check runs these
+
 DEV = kernel_device()
 ALL_DTYPES = [torch.float32, torch.float16, pytest.param(torch.bfloat16, marks=requires_cuda)]
 # (T, I): one decode token, odd widths (partial blocks), many tokens (wide-block config), the model's I.

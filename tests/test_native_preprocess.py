@@ -197,6 +197,7 @@ CUDA_CASES = [(1024, 768, 12, S), (13, 7, 12, S), (1, 2000, 12, S), (300, 900, 1
               (2016, 1512, 6, S), (5000, 20, 3, S), (1000, 600, 2, 8), (77, 100, 12, 100)]  # fmt: skip
 
 
+@pytest.mark.gpu
 @needs_cuda_lib
 @pytest.mark.parametrize("w,h,max_num,size", CUDA_CASES)
 def test_cuda_kernel_emulated_on_host(w, h, max_num, size):
@@ -209,6 +210,7 @@ def test_cuda_kernel_emulated_on_host(w, h, max_num, size):
     assert torch.equal(kp._cuda_kernel_emulated(img, grid, size, True, torch.bfloat16), ref.to(torch.bfloat16))
 
 
+@pytest.mark.gpu
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, *HALF])
 @pytest.mark.parametrize("w,h,max_num,size", CUDA_CASES)

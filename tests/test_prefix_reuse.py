@@ -89,6 +89,7 @@ def test_no_reuse_across_other_pixels_or_past_dynamic_ntk_max_pos(tmp_path):
     assert again.prompt_tokens > DYNAMIC["max_position_embeddings"] and again.cached_tokens == 0
 
 
+@pytest.mark.gpu
 def test_prefix_reuse_on_the_triton_backend(tmp_path):
     """The Triton attention kernel's cached-prefix path through shared pages (interpreter on the CPU)."""
     from hovle.kernels._triton import HAS_TRITON, triton_usable

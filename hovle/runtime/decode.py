@@ -4,12 +4,18 @@ Everything a step needs is read from device tensors through a `rows` tensor: las
 stack, page tables, sampling settings. It runs both stacks, selects the next tokens and writes positions and
 tokens back, with no host read, host-to-device copy or tensor built from Python values in between (the CPU test
 `tests/test_capture_safety.py` checks exactly that). On CUDA each (bucket, penalty, greedy) step is captured once
-and replayed; padding rows of a bucket point at the scratch row, whose positions are reset to 0 every step. When
-capture fails the error is raised: a caller who asked for graphs gets graphs or an error (`cuda_graphs=False`
-decodes eagerly). `replays` and `eager_steps` count which path ran, so tests can assert the fast one did.
+and replayed; padding rows of a bucket point at the scratch row, whose positions are reset to 0 every step. The
+common mode (greedy, no penalty) is captured for every bucket when the engine starts (`capture_all`), the others
+on first use; captures run in thread-local mode, so another thread's CUDA call (a request being prepared) cannot
+invalidate them. When capture fails the error is raised: a caller who asked for graphs gets graphs or an error
+(`cuda_graphs=False` decodes eagerly). `replays` and `eager_steps` count which path ran, so tests can assert the
+fast one did. The step holds its runner weakly (the runner owns the step), so dropping an engine frees its memory
+without waiting for the garbage collector.
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 
@@ -25,7 +31,7 @@ class CaptureError(HoVLEError, RuntimeError):
 
 class DecodeStep:
     def __init__(self, runner, cuda_graphs: bool):
-        self.runner = runner
+        self.runner = weakref.proxy(runner)
         self.graphs_on = cuda_graphs and runner.model.device.type == "cuda"
         self._graphs: dict[tuple[int, bool, bool], tuple] = {}
         self._pool = None
@@ -67,6 +73,18 @@ class DecodeStep:
         return new, [bool(b) for b in bad]
 
     # ---- CUDA graphs ---------------------------------------------------------------------------------------
+    def capture_all(self, max_rows: int) -> None:
+        """Captures the greedy, penalty-free step for every bucket up to `max_rows` rows (at start, not mid-serving)."""
+        for bucket in BUCKETS if self.graphs_on else ():
+            self._graphs.setdefault((bucket, False, True), self._capture((bucket, False, True)))
+            if bucket >= max_rows:
+                break
+
+    def close(self) -> None:
+        """Drops the captured graphs and their memory pool."""
+        self._graphs.clear()
+        self._pool = None
+
     def _replay(self, rows: list[int], uniform: list[float], penalty: bool, greedy: bool) -> torch.Tensor:
         bucket = next((b for b in BUCKETS if b >= len(rows)), None)
         if bucket is None:
@@ -102,7 +120,7 @@ class DecodeStep:
             torch.cuda.current_stream().wait_stream(side)
             self._pool = self._pool or torch.cuda.graph_pool_handle()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool):
+            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
                 out = self.forward(rows_buf, uniform_buf, max_kv, penalty, greedy)
         except Exception as exc:
             raise CaptureError(

@@ -22,6 +22,10 @@ class PagedKVCache:
         self.k = fresh(shape, dtype, device)
         self.v = fresh(shape, dtype, device)
 
+    def free(self) -> None:
+        """Drops the pages (the engine is closing): their memory goes back at once."""
+        self.k = self.v = None
+
     @property
     def num_blocks(self) -> int:
         return self.k.shape[1]

@@ -56,6 +56,14 @@ class ModelRunner:
         self.llm_tables[self.scratch] = SCRATCH_PAGE
         self.step = DecodeStep(self, cuda_graphs)
 
+    def close(self) -> None:
+        """Frees the device memory at once: both KV caches, the penalty mask and the captured graphs (the runner
+        cannot run afterwards; the engine is closed)."""
+        self.step.close()
+        self.emb_cache.free()
+        self.llm_cache.free()
+        self.seen = None
+
     @property
     def capacity(self) -> tuple[int, int]:
         """Most positions a sequence can hold in each stack (the page tables' width)."""

@@ -75,8 +75,10 @@ class Scheduler:
         with self._cv:
             self._closed = True
             self._cv.notify()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
+        if self._thread is None:
+            self.runner.close()
+        elif self._thread is not threading.current_thread():
+            self._thread.join()  # the loop frees the runner's memory as it ends
 
     @property
     def idle(self) -> bool:
@@ -97,6 +99,7 @@ class Scheduler:
                     self._fail(seq, exc)
         for seq in list(self.waiting) + self.prefilling + self.running:
             self._fail(seq, EngineClosed("the engine was closed before this request finished"))
+        self.runner.close()
 
     def step(self) -> None:
         self._reap()

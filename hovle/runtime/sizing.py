@@ -5,7 +5,9 @@ The KV budget (`kv_cache_memory` bytes, by default 90% of the GPU's free memory 
 for activations; on the CPU at most 2 GiB, an eighth of the RAM, and two contexts' (or 16k tokens') worth) is split
 between the two stacks in the worst-case ratio of their sequence lengths (HoVLE-HD's embedding module reads up to 4
 positions per LLM position). The context is clamped to what the pages can hold, unless it was asked for
-explicitly, which is an error instead.
+explicitly, which is an error instead. Free GPU memory counts what torch's allocator holds unused (an earlier
+engine's freed cache) as free. HOVLE_KV_CACHE_CAP (bytes) caps the default budget: the tests set it, so that many
+engines in parallel processes on one GPU each take a small cache instead of 90% of what the first left.
 """
 
 from __future__ import annotations
@@ -48,8 +50,20 @@ class Sizing:
 
     def _default_bytes(self, cuda: bool, context: int, per_token: list[int], ratio: int) -> int:
         want = self.max_batch * context * (ratio * per_token[0] + per_token[1])  # never more than all rows' worth
+        cap = kv_cache_cap()
         if cuda:
             free, total = torch.cuda.mem_get_info()
-            return max(min(want, int(free * 0.9) - max(1 << 30, total // 10)), 1 << 26)
+            free += torch.cuda.memory_reserved() - torch.cuda.memory_allocated()  # held by torch's allocator, unused
+            return max(min(want, cap, int(free * 0.9) - max(1 << 30, total // 10)), 1 << 26)
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        return min(want, max(2 * context, 16384) * (ratio * per_token[0] + per_token[1]), 2 << 30, ram // 8)
+        return min(want, cap, max(2 * context, 16384) * (ratio * per_token[0] + per_token[1]), 2 << 30, ram // 8)
+
+
+def kv_cache_cap() -> int:
+    """HOVLE_KV_CACHE_CAP: the most bytes a default-sized KV cache takes (unset: no cap)."""
+    value = os.environ.get("HOVLE_KV_CACHE_CAP", "")
+    if not value:
+        return 1 << 62
+    if not value.isdigit() or int(value) < 1:
+        raise InputError(f"HOVLE_KV_CACHE_CAP = {value!r}; expected a positive number of bytes")
+    return int(value)
