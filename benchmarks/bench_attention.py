@@ -20,12 +20,23 @@ import torch
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import append_rows, attention_inputs, bench_ms, compiled, no_gpu, row  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    append_rows,
+    attention_inputs,
+    bench_device,
+    bench_dtype,
+    bench_ms,
+    compiled,
+    no_gpu,
+    row,
+    sizes,
+)
 from hovle.kernels.attention import attention, attention_ref  # noqa: E402
 from hovle.kernels.torch_backend import attention_torch  # noqa: E402
 
 HQ, HKV, D, PAGE = 16, 8, 128, 64
-SHAPES = [(1, 256), (1, 1024), (1, 4096), (1, 13056), (4, 1024)]  # (batch, tokens per sequence), page multiples
+SHAPES = sizes([(1, 256), (1, 1024), (1, 4096), (1, 13056), (4, 1024)], [(1, 64), (2, 64)])  # (batch, tokens per
+# sequence), page multiples
 
 
 def _inputs(b: int, s: int, dtype: torch.dtype) -> dict:
@@ -33,10 +44,10 @@ def _inputs(b: int, s: int, dtype: torch.dtype) -> dict:
     pages for ours (k_pages, v_pages, page tables)."""
     t = b * s
     q, (k_cache, v_cache), (k_pages, v_pages, tables) = attention_inputs(t, b, s, (HQ, HKV, D), PAGE, dtype)
-    cu = torch.arange(0, t + 1, s, device="cuda", dtype=torch.int32)
-    angles = torch.rand(t, D // 2, device="cuda") * 6.28
+    cu = torch.arange(0, t + 1, s, device=bench_device(), dtype=torch.int32)
+    angles = torch.rand(t, D // 2, device=bench_device()) * 6.28
     cos, sin = torch.cat((angles, angles), -1).cos().to(dtype), torch.cat((angles, angles), -1).sin().to(dtype)
-    meta = (cu, torch.zeros(b, dtype=torch.int64, device="cuda"), tables)
+    meta = (cu, torch.zeros(b, dtype=torch.int64, device=bench_device()), tables)
     return {"q": q, "k_cache": k_cache, "v_cache": v_cache, "k_pages": k_pages, "v_pages": v_pages, "meta": meta,
             "cos": cos, "sin": sin}  # fmt: skip
 
@@ -105,7 +116,7 @@ def _providers(x: dict, b: int, s: int) -> dict:
 def run() -> list[dict]:
     if no_gpu("bench_attention"):
         return []
-    rows, dtype = [], torch.bfloat16
+    rows, dtype = [], bench_dtype()
     for b, s in SHAPES:
         x = _inputs(b, s, dtype)
         flops = b * 2.0 * s * s * HQ * D  # 4 * S * (S/2) * Hq * D per sequence: the causal half

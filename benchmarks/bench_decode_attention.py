@@ -16,7 +16,18 @@ import sys
 
 import torch
 
-from benchmarks.common import append_rows, attention_inputs, compiled, device_ms, no_gpu, paged, row
+from benchmarks.common import (
+    append_rows,
+    attention_inputs,
+    bench_device,
+    bench_dtype,
+    compiled,
+    device_ms,
+    no_gpu,
+    paged,
+    row,
+    sizes,
+)
 from hovle.kernels.decode_attention import (
     _decode_attention_kernel,
     _num_splits,
@@ -26,9 +37,9 @@ from hovle.kernels.decode_attention import (
 )
 from hovle.kernels.torch_backend import decode_attention_torch
 
-HQ, HKV, D, PAGE = 16, 8, 128, 64
-BATCHES = (1, 8, 32, 64)
-CONTEXTS = (1024, 4096, 16384)
+HQ, HKV, D, PAGE = sizes((16, 8, 128, 64), (4, 2, 64, 16))
+BATCHES = sizes((1, 8, 32, 64), (2,))
+CONTEXTS = sizes((1024, 4096, 16384), (64,))
 CACHE_LIMIT = 30 * 2**30  # bytes of K + V cache per shape (held twice: dense and paged); the eager ref needs more
 
 
@@ -61,7 +72,7 @@ def _inputs(batch: int, ctx: int, dtype: torch.dtype):
     """(q, k_pages, v_pages, seq_lens, tables) plus the dense caches the library providers read."""
     heads = (HQ, HKV, D)
     q, (dense_k, dense_v), (k_pages, v_pages, tables) = attention_inputs(batch, batch, ctx, heads, PAGE, dtype)
-    seq_lens = torch.full((batch,), ctx, dtype=torch.int32, device="cuda")
+    seq_lens = torch.full((batch,), ctx, dtype=torch.int32, device=bench_device())
     return (q, k_pages, v_pages, seq_lens, tables), (dense_k, dense_v)
 
 
@@ -115,7 +126,7 @@ def run() -> list[dict]:
         for batch in BATCHES:
             if 2 * batch * HKV * ctx * D * 2 > CACHE_LIMIT:
                 continue
-            rows += _bench_shape(batch, ctx, torch.bfloat16)
+            rows += _bench_shape(batch, ctx, bench_dtype())
             torch.cuda.empty_cache()
     return rows
 

@@ -7,12 +7,13 @@ batch sizes, every prompt holding one image (one tile), --new-tokens tokens each
 and in total, and the achieved bandwidth (weight bytes + KV bytes read per step) / step time as a fraction of the
 copy bandwidth measured in the same run; peak GPU memory; and a per-step device-time breakdown by kernel kind
 (from the profiler: a generation of N tokens minus one of 1 token, per step). Providers: our engine (Triton, CUDA
-graphs on / off) and the reference of the tests (benchmarks/e2e_reference.py). The tokenizer is the small bundled
-one, so prompts are shorter than with the real tokenizer; the model sizes (vocabulary table and output head of
-92553 rows included) are the real ones. Rows are appended as each provider finishes; --deadline stops starting
-new measurements once that many seconds have passed.
+graphs on / off) and the reference of the tests (hovle/reference, see benchmarks/e2e_reference.py). The tokenizer
+is the small bundled one, so prompts are shorter than with the real tokenizer; the model sizes (vocabulary table and
+output head of 92553 rows included) are the real ones. With --record each row is appended to
+benchmarks/results/e2e.jsonl the moment it is measured (a time-out loses only the measurement in flight), with the
+engine's autoselect choices so far; --deadline stops starting new measurements once that many seconds have passed.
 
-    python benchmarks/bench_e2e.py [--dir /tmp/hovle-full] [--batches 1,8,32,64,128] [--new-tokens 128]
+    python benchmarks/bench_e2e.py --record [--dir /tmp/hovle-full] [--batches 1,8,32,64,128] [--new-tokens 128]
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import RESULTS, append_rows, decode_tok_s_total, measured_peaks, provenance  # noqa: E402
+from benchmarks.common import append_rows, decode_tok_s_total, measured_peaks, provenance  # noqa: E402
 from benchmarks.e2e_common import (  # noqa: E402
     SCENARIOS,
     TEXT_PROMPT,
@@ -71,16 +72,16 @@ def kv_bytes_per_token(engine: Engine) -> tuple[int, int]:
     return per(cfg.embedding.stack), per(cfg.llm.stack)
 
 
-def _ttft_rows(eng: Engine, base: dict) -> list[dict]:
-    rows = []
+def _ttft_rows(eng: Engine, base: dict, deadline: Deadline):
     for name, (size, max_num) in SCENARIOS.items():
+        if deadline.passed():
+            print(f"{base['provider']} {base['model']}: deadline reached before ttft_{name}", flush=True)
+            return
         img = photo(*size) if size else None
         eng.generate(TEXT_PROMPT, img, max_num=max_num, max_new_tokens=2)  # warm-up (autotune, graphs)
         runs = [eng.generate(TEXT_PROMPT, img, max_num=max_num, max_new_tokens=1) for _ in range(3)]
-        rows.append({**base, "scenario": f"ttft_{name}", "batch": 1, "prompt_tokens": runs[0].prompt_tokens,
-                     "ttft_ms": statistics.median(r.timings.ttft_s for r in runs) * 1e3,
-                     "tiles": sum(runs[0].tiles)})  # fmt: skip
-    return rows
+        yield {**base, "scenario": f"ttft_{name}", "batch": 1, "prompt_tokens": runs[0].prompt_tokens,
+               "ttft_ms": statistics.median(r.timings.ttft_s for r in runs) * 1e3, "tiles": sum(runs[0].tiles)}
 
 
 def _decode_row(eng: Engine, base: dict, b: int, new: int) -> dict:
@@ -124,24 +125,25 @@ def _breakdown_row(eng: Engine, base: dict, b: int, new: int) -> dict:
 
 
 def bench_ours(model: str, path: Path, provider: str, graphs: bool, batches: list[int], new: int,
-               deadline: Deadline) -> list[dict]:  # fmt: skip
+               deadline: Deadline):  # fmt: skip
+    """Yields the engine's rows one by one, as they are measured."""
     reset_memory()
     t0 = time.perf_counter()
     eng = Engine.from_pretrained(path, device=Run.device, dtype=Run.dtype, backend=Run.backend, cuda_graphs=graphs,
                                  prefix_caching=False, max_batch=max(batches))  # fmt: skip
     sync()
     base = {"model": model, "provider": provider, "load_s": time.perf_counter() - t0}
-    rows = _ttft_rows(eng, base)
-    for b in batches:
-        if deadline.passed():
-            print(f"{provider} {model}: deadline reached before batch {b}", flush=True)
-            break
-        rows.append(_decode_row(eng, base, b, new))
-    if Run.on_gpu() and graphs and not deadline.passed():
-        rows.append(_breakdown_row(eng, base, 1, 33))
-    peak = peak_gb()
-    eng.close()
-    return [{**r, "peak_mem_gb": peak} for r in rows]
+    try:
+        yield from _ttft_rows(eng, base, deadline)
+        for b in batches:
+            if deadline.passed():
+                print(f"{provider} {model}: deadline reached before batch {b}", flush=True)
+                return
+            yield {**_decode_row(eng, base, b, new), "peak_mem_gb": peak_gb()}
+        if Run.on_gpu() and graphs and not deadline.passed():
+            yield _breakdown_row(eng, base, 1, 33)
+    finally:
+        eng.close()
 
 
 def main() -> int:
@@ -152,49 +154,50 @@ def main() -> int:
     p.add_argument("--models", default="hovle,hovle-hd")
     p.add_argument("--providers", default="graphs,eager,hf,hf-static")
     p.add_argument("--deadline", type=float, default=None, help="seconds after which no new measurement starts")
-    p.add_argument("--smoke", action="store_true", help="CPU check of this script on the tiny model; writes nothing")
+    p.add_argument("--smoke", action="store_true", help="the same code on the CPU with the tiny model")
+    p.add_argument("--record", action="store_true", help="append each row to benchmarks/results/e2e.jsonl")
     args = p.parse_args()
     if args.smoke:
         return smoke(args)
     if not torch.cuda.is_available():
         print("bench_e2e: no CUDA device here; this benchmark needs a GPU (nothing measured; --smoke checks it).")
         return 0
-    deadline, prov = Deadline(args.deadline), provenance()
     paths = write_full_checkpoints(Path(args.dir))
-    batches, peaks = [int(b) for b in args.batches.split(",")], measured_peaks()
+    run_all(paths, args, measured_peaks())
+    return 0
+
+
+def run_all(paths: dict[str, Path], args, peaks: dict) -> None:
+    """Every provider of every model, each row printed (and with --record appended) as it is measured."""
+    deadline, batches = Deadline(args.deadline), [int(b) for b in args.batches.split(",")]
     for model in args.models.split(","):
         for provider in args.providers.split(","):
             if deadline.passed():
                 print(f"deadline reached: {provider} {model} not run", flush=True)
                 continue
-            rows = _provider(provider, model, paths[model], batches, args.new_tokens, deadline)
-            rows = [{**r, **peaks, **prov} for r in rows]
-            append_rows(rows, "e2e.jsonl")  # as each provider finishes: a time-out loses only the one in flight
-            with open(RESULTS / f"e2e-{prov['date'][:10]}-{prov['commit']}.log", "a", encoding="utf-8") as fh:
-                fh.writelines(json.dumps(r) + "\n" for r in rows)
-    return 0
+            for r in _provider(provider, model, paths[model], batches, args.new_tokens, deadline):
+                r = {**r, **peaks, **provenance()}
+                append_rows([r], "e2e.jsonl") if args.record else print(json.dumps(r), flush=True)
 
 
-def _provider(name: str, model: str, path: Path, batches: list[int], new: int, deadline: Deadline) -> list[dict]:
+def _provider(name: str, model: str, path: Path, batches: list[int], new: int, deadline: Deadline):
     if name in ("graphs", "eager"):
         tag = "engine-" + ("triton" if Run.backend == "triton" else "torch") + f"-{name}"
         return bench_ours(model, path, tag, name == "graphs", batches, new, deadline)
-    return bench_reference(model, path, new, static=name == "hf-static")
+    return bench_reference(model, path, new, static=name == "hf-static", deadline=deadline)
 
 
 def smoke(args) -> int:
-    """Every provider and scenario on the CPU with the tiny random model; prints, writes nothing."""
+    """Every provider and scenario on the CPU with the tiny default models, torch backend (the rehearsal of the GPU
+    run records these rows; otherwise they are printed only)."""
     from hovle.tooling.default_model import write_default_model
 
     Run.smoke()
     SCENARIOS["max12"] = ((900, 700), 12)
+    args.batches, args.new_tokens, args.providers = "1,2", 8, "eager,hf,hf-static"
     with tempfile.TemporaryDirectory() as tmp:
-        for model in args.models.split(","):
-            path = write_default_model(Path(tmp) / model, model)
-            rows = bench_ours(model, path, "engine-torch-eager", False, [1, 2], 8, Deadline(None))
-            rows += bench_reference(model, path, 8, static=False) + bench_reference(model, path, 8, static=True)
-            for r in rows:
-                print(json.dumps(r))
+        paths = {m: write_default_model(Path(tmp) / m, m) for m in args.models.split(",")}
+        run_all(paths, args, {})
     return 0
 
 

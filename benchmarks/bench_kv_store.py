@@ -11,10 +11,11 @@ import torch
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import append_rows, compiled, no_gpu, time_providers  # noqa: E402
+from benchmarks.common import append_rows, bench_device, bench_dtype, compiled, no_gpu, sizes, time_providers  # noqa: E402
 from hovle.kernels.kv_store import kv_store, kv_store_ref  # noqa: E402
 
-HQ, HKV, D, PAGE, N_PAGES = 16, 8, 128, 64, 4608
+HQ, HKV, D, PAGE, N_PAGES = sizes((16, 8, 128, 64, 4608), (4, 2, 64, 16, 32))
+PREFILL, DECODE = sizes((4096, 64), (64, 4))  # tokens stored per call
 
 
 def case(name: str, dtype: torch.dtype):
@@ -22,23 +23,24 @@ def case(name: str, dtype: torch.dtype):
     decode batch (one token for each of 64 sequences, at random positions)."""
     order = torch.randperm(N_PAGES)
     if name == "prefill":
-        pos = torch.arange(4096)
+        pos = torch.arange(PREFILL)
         blocks, offsets = order[pos // PAGE], pos % PAGE
     else:
-        blocks, offsets = order[:64], torch.randint(0, PAGE, (64,))
+        blocks, offsets = order[:DECODE], torch.randint(0, PAGE, (DECODE,))
     t = len(offsets)
-    qkv = torch.randn(t, (HQ + 2 * HKV) * D, device="cuda", dtype=dtype)
+    qkv = torch.randn(t, (HQ + 2 * HKV) * D, device=bench_device(), dtype=dtype)
     k = qkv[:, HQ * D : (HQ + HKV) * D].view(t, HKV, D)  # (T, Hkv, D) strided view
     v = qkv[:, (HQ + HKV) * D :].view(t, HKV, D)
-    caches = [torch.zeros(N_PAGES, HKV, PAGE, D, device="cuda", dtype=dtype) for _ in range(2)]
-    angles = torch.rand(t, D, device="cuda") * 100
-    return k, v, *caches, blocks.cuda(), offsets.cuda(), angles.cos().to(dtype), angles.sin().to(dtype)
+    caches = [torch.zeros(N_PAGES, HKV, PAGE, D, device=bench_device(), dtype=dtype) for _ in range(2)]
+    angles = torch.rand(t, D, device=bench_device()) * 100
+    dev = bench_device()
+    return k, v, *caches, blocks.to(dev), offsets.to(dev), angles.cos().to(dtype), angles.sin().to(dtype)
 
 
 def run() -> list[dict]:
     if no_gpu("bench_kv_store"):
         return []
-    rows, dtype = [], torch.bfloat16
+    rows, dtype = [], bench_dtype()
     providers = {"triton": kv_store, "torch_unfused": kv_store_ref, "torch_compile": compiled(kv_store_ref)}
     for name in ("prefill", "decode"):
         args = case(name, dtype)

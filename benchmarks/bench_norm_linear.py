@@ -14,24 +14,24 @@ import torch
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import append_rows, compiled, no_gpu, time_providers  # noqa: E402
+from benchmarks.common import append_rows, bench_device, bench_dtype, compiled, no_gpu, sizes, time_providers  # noqa: E402
 from hovle.kernels.norm_linear import _unfused, norm_linear, norm_linear_ref  # noqa: E402
 
 K = 2048
-SHAPES = [("qkv", 4096, False), ("gate_up+swiglu", 16384, True), ("head", 92553, False)]
+SHAPES = sizes([("qkv", 4096, False), ("gate_up+swiglu", 16384, True), ("head", 92553, False)], [("qkv", 64, False)])
 
 
 def run() -> list[dict]:
     if no_gpu("bench_norm_linear"):
         return []
-    rows, dtype = [], torch.bfloat16
+    rows, dtype = [], bench_dtype()
     providers = {"triton-fused": norm_linear, "separate": _unfused, "torch": norm_linear_ref,
                  "torch_compile": compiled(norm_linear_ref)}  # fmt: skip
     for m in (1, 8, 64):
         for name, n, swiglu in SHAPES:
-            x, res = (torch.randn(m, K, device="cuda", dtype=dtype) for _ in range(2))
-            nw = torch.ones(K, device="cuda", dtype=dtype)
-            w = torch.randn(n, K, device="cuda", dtype=dtype) / K**0.5
+            x, res = (torch.randn(m, K, device=bench_device(), dtype=dtype) for _ in range(2))
+            nw = torch.ones(K, device=bench_device(), dtype=dtype)
+            w = torch.randn(n, K, device=bench_device(), dtype=dtype) / K**0.5
             nbytes = (n * K + 4 * m * K + m * (n // 2 if swiglu else n)) * 2
             rows += time_providers("norm_linear", f"{name} M={m} N={n} K={K}", dtype, providers,
                                    (x, res, nw, 1e-5, w, swiglu), nbytes=nbytes)  # fmt: skip

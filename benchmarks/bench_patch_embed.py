@@ -12,12 +12,12 @@ import torch.nn.functional as F
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import append_rows, compiled, no_gpu, time_providers  # noqa: E402
+from benchmarks.common import append_rows, bench_device, bench_dtype, compiled, no_gpu, sizes, time_providers  # noqa: E402
 from hovle.kernels.patch_embed import patch_embed, patch_embed_ref, weight_layout  # noqa: E402
 from hovle.kernels.pixel_shuffle import pixel_shuffle_ref  # noqa: E402
 
-TILES = [1, 13]
-SIDE, PATCH, C = 448, 14, 2048
+TILES = sizes([1, 13], [2])
+SIDE, PATCH, C = sizes((448, 14, 2048), (56, 14, 64))
 
 
 def torch_unfused(pixels, weight, bias, pos):
@@ -30,13 +30,13 @@ def torch_unfused(pixels, weight, bias, pos):
 def run() -> list[dict]:
     if no_gpu("bench_patch_embed"):
         return []
-    rows, dtype = [], torch.bfloat16
+    rows, dtype = [], bench_dtype()
     shuffled_ref = compiled(lambda px, w, b, pos: patch_embed_ref(px, w, b, pos, shuffle=True))
     for n in TILES:
-        pixels = torch.randn(n, 3, SIDE, SIDE, device="cuda").to(dtype)
-        weight = (torch.randn(C, 3, PATCH, PATCH, device="cuda") / 24.0).to(dtype)
-        bias = torch.randn(C, device="cuda", dtype=dtype)
-        pos = torch.randn((SIDE // PATCH) ** 2, C, device="cuda", dtype=dtype)
+        pixels = torch.randn(n, 3, SIDE, SIDE, device=bench_device()).to(dtype)
+        weight = (torch.randn(C, 3, PATCH, PATCH, device=bench_device()) / 24.0).to(dtype)
+        bias = torch.randn(C, device=bench_device(), dtype=dtype)
+        pos = torch.randn((SIDE // PATCH) ** 2, C, device=bench_device(), dtype=dtype)
         w_fast = weight_layout(weight)  # the layout the engine can keep: no per-call weight copy
         providers = {
             "triton": (patch_embed, (pixels, w_fast, bias, pos, True)),

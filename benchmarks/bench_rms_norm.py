@@ -10,10 +10,10 @@ import torch
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import append_rows, compiled, no_gpu, time_providers  # noqa: E402
+from benchmarks.common import append_rows, bench_device, bench_dtype, compiled, no_gpu, sizes, time_providers  # noqa: E402
 from hovle.kernels.rms_norm import rms_norm, rms_norm_ref  # noqa: E402
 
-SHAPES = [(4096, 2048), (1, 2048), (16, 2048)]  # (T, C): prefill and decode batches at the model width
+SHAPES = sizes([(4096, 2048), (1, 2048), (16, 2048)], [(4, 64)])  # (T, C): prefill and decode batches, model width
 EPS = 1e-5
 
 
@@ -28,12 +28,12 @@ def unfused_hf(x, weight, eps, residual):
 def run() -> list[dict]:
     if no_gpu("bench_rms_norm"):
         return []
-    rows, dtype = [], torch.bfloat16
+    rows, dtype = [], bench_dtype()
     providers = {"triton": rms_norm, "torch": rms_norm_ref, "torch_compile": compiled(rms_norm_ref),
                  "torch_unfused_hf": unfused_hf}  # fmt: skip
     for t, c in SHAPES:
-        x, residual = (torch.randn(t, c, device="cuda", dtype=dtype) for _ in range(2))
-        weight = torch.randn(c, device="cuda", dtype=dtype)
+        x, residual = (torch.randn(t, c, device=bench_device(), dtype=dtype) for _ in range(2))
+        weight = torch.randn(c, device=bench_device(), dtype=dtype)
         nbytes = (4 * t * c + c) * x.element_size()
         rows += time_providers("rms_norm", f"T={t} C={c} residual", dtype, providers, (x, weight, EPS, residual),
                                nbytes=nbytes)  # fmt: skip

@@ -10,22 +10,23 @@ import torch
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import append_rows, compiled, no_gpu, time_providers  # noqa: E402
+from benchmarks.common import append_rows, bench_device, bench_dtype, compiled, no_gpu, sizes, time_providers  # noqa: E402
 from hovle.kernels.rotary import rotary, rotary_ref  # noqa: E402
 
-SHAPES = [(4096, 16, 8, 128), (64, 16, 8, 128)]  # (T, Hq, Hkv, D): a prefill batch and a decode batch of 64
+# (T, Hq, Hkv, D): a prefill batch and a decode batch of 64
+SHAPES = sizes([(4096, 16, 8, 128), (64, 16, 8, 128)], [(8, 4, 2, 64)])
 
 
 def run() -> list[dict]:
     if no_gpu("bench_rotary"):
         return []
-    rows, dtype = [], torch.bfloat16
+    rows, dtype = [], bench_dtype()
     providers = {"triton": rotary, "torch": rotary_ref, "torch_compile": compiled(rotary_ref)}
     for t, hq, hkv, d in SHAPES:
-        qkv = torch.randn(t, (hq + 2 * hkv) * d, device="cuda", dtype=dtype)
+        qkv = torch.randn(t, (hq + 2 * hkv) * d, device=bench_device(), dtype=dtype)
         q = qkv[:, : hq * d].view(t, hq, d)  # (T, Hq, D) strided view
         k = qkv[:, hq * d : (hq + hkv) * d].view(t, hkv, d)  # (T, Hkv, D) strided view
-        angles = torch.rand(t, d, device="cuda") * 100
+        angles = torch.rand(t, d, device=bench_device()) * 100
         cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
         nbytes = (2 * (hq + hkv) * d + 2 * d) * t * qkv.element_size()
         shape = f"T={t} Hq={hq} Hkv={hkv} D={d}"

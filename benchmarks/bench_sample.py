@@ -13,19 +13,19 @@ import torch
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import append_rows, no_gpu, time_providers  # noqa: E402
+from benchmarks.common import append_rows, bench_device, no_gpu, sizes, time_providers  # noqa: E402
 from hovle.kernels.greedy import greedy  # noqa: E402
 from hovle.kernels.repetition_penalty import repetition_penalty, repetition_penalty_ref  # noqa: E402
 from hovle.kernels.sample import sample, sample_ref  # noqa: E402
 from hovle.kernels.torch_backend import sample_torch  # noqa: E402
 
-BATCHES = [1, 64]
-VOCAB = 92553
+BATCHES = sizes([1, 64], [2])
+VOCAB = sizes(92553, 300)
 
 
 def scenario(name: str, b: int) -> dict:
     """Per-row settings on the GPU: greedy, or temperature 0.8 + top-p 0.9 with a repetition penalty."""
-    dev = "cuda"
+    dev = bench_device()
     sampling = name != "greedy"
     return {
         "temperature": torch.full((b,), 0.8 if sampling else 0.0, device=dev),
@@ -61,7 +61,7 @@ def run() -> list[dict]:
         return []
     rows = []
     for b in BATCHES:
-        logits = 3 * torch.randn(b, VOCAB, device="cuda")
+        logits = 3 * torch.randn(b, VOCAB, device=bench_device())
         for name in ("greedy", "top_p_0.9+penalty"):
             rows += time_providers("sample", f"B={b} V={VOCAB} {name}", torch.float32, providers(scenario(name, b)),
                                    (logits,), nbytes=b * VOCAB * 4)  # fmt: skip

@@ -11,10 +11,10 @@ import torch.nn.functional as F
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import append_rows, compiled, no_gpu, time_providers  # noqa: E402
+from benchmarks.common import append_rows, bench_device, bench_dtype, compiled, no_gpu, sizes, time_providers  # noqa: E402
 from hovle.kernels.swiglu import swiglu, swiglu_ref  # noqa: E402
 
-SHAPES = [(4096, 8192), (1, 8192)]  # (T, I): a prefill batch and one decode token at the model's I
+SHAPES = sizes([(4096, 8192), (1, 8192)], [(4, 128)])  # (T, I): a prefill batch and one decode token at the model's I
 
 
 def unfused_hf(gate_up):
@@ -26,11 +26,11 @@ def unfused_hf(gate_up):
 def run() -> list[dict]:
     if no_gpu("bench_swiglu"):
         return []
-    rows, dtype = [], torch.bfloat16
+    rows, dtype = [], bench_dtype()
     providers = {"triton": swiglu, "torch": swiglu_ref, "torch_compile": compiled(swiglu_ref),
                  "torch_unfused_hf": unfused_hf}  # fmt: skip
     for t, i in SHAPES:
-        gate_up = torch.randn(t, 2 * i, device="cuda", dtype=dtype)
+        gate_up = torch.randn(t, 2 * i, device=bench_device(), dtype=dtype)
         nbytes = 3 * t * i * gate_up.element_size()
         rows += time_providers("swiglu", f"T={t} I={i}", dtype, providers, (gate_up,), nbytes=nbytes)
     return rows

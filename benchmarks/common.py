@@ -1,23 +1,50 @@
 """Shared benchmark harness: timing, the device's measured peaks, and result rows with provenance.
 
-Every row carries the device name, torch/triton versions, git commit and date, and is appended to
-benchmarks/results/<file>.jsonl. Speeds are reported as GB/s or TFLOP/s plus the fraction of the peak measured
-in the same run (device-to-device copy bandwidth, bf16 matmul rate), never as bare milliseconds alone.
+Every row carries the device name, torch/triton versions, git commit and date, and the choices the engine's
+autoselect made so far (which implementation was timed), and is appended to benchmarks/results/<file>.jsonl (or to
+the folder HOVLE_RESULTS names: gpu_check sends a run's rows straight to $OUT). Speeds are reported as GB/s or
+TFLOP/s plus the fraction of the peak measured in the same run (device-to-device copy bandwidth, bf16 matmul
+rate), never as bare milliseconds alone.
+
+The rehearsal (HOVLE_REHEARSE=1, set by `gpu_check.py --rehearse`) runs the same benchmark code on the CPU: tiny
+shapes, fp32, Triton through its interpreter, wall-clock timing, no torch.compile. Its rows say `rehearsal: true`
+and measure nothing worth keeping; they prove that the GPU run's code paths work before GPU time is spent.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = Path(os.environ.get("HOVLE_RESULTS") or ROOT / "benchmarks" / "results")
 sys.path.insert(0, str(ROOT))
+
+
+def rehearsing() -> bool:
+    return os.environ.get("HOVLE_REHEARSE", "0") == "1"
+
+
+def bench_device() -> str:
+    """Where the benchmarks run: the GPU, or the CPU in the rehearsal."""
+    return "cpu" if rehearsing() else "cuda"
+
+
+def bench_dtype() -> torch.dtype:
+    """The benchmarks' activation dtype: bf16 on the GPU, fp32 in the rehearsal."""
+    return torch.float32 if rehearsing() else torch.bfloat16
+
+
+def sizes(real, tiny):
+    """The real (model) shapes on the GPU, tiny ones in the rehearsal."""
+    return tiny if rehearsing() else real
 
 
 def git_commit() -> str:
@@ -38,19 +65,39 @@ def provenance() -> dict:
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    return {
-        "device": device,
+    from hovle.kernels import autoselect
+
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() and not rehearsing() else "cpu"
+    out = {
+        "device": name,
         "torch": torch.__version__,
         "triton": triton_version,
         "commit": git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+    if autoselect.summary():
+        out["choices"] = autoselect.summary()
+    if rehearsing():
+        out["rehearsal"] = True
+    return out
+
+
+def cpu_ms(fn, rep: int = 3) -> float:
+    """Median wall-clock milliseconds of fn() on the CPU (the rehearsal's timer), after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(rep):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return sorted(times)[len(times) // 2]
 
 
 def bench_ms(fn, warmup: int = 10, rep: int = 50) -> float:
     """Median milliseconds of fn() on the GPU (CUDA events via triton.testing.do_bench), warm-up excluded.
     Includes the host's launch time: right for prefill-sized work, wrong for microsecond kernels."""
+    if rehearsing():
+        return cpu_ms(fn)
     from triton.testing import do_bench
 
     return float(do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
@@ -60,6 +107,8 @@ def device_ms(fn, rep: int = 100) -> tuple[float, str]:
     """(median milliseconds, "cudagraph") of fn() replayed from a CUDA graph: device time without launch
     overhead, what a captured decode step pays. Falls back to (bench_ms, "eager") for providers that cannot be
     captured (host syncs), and says so in the row."""
+    if rehearsing():
+        return cpu_ms(fn), "cpu-rehearsal"
     from triton.testing import do_bench_cudagraph
 
     fn()  # compile / autotune outside the capture
@@ -72,8 +121,9 @@ def device_ms(fn, rep: int = 100) -> tuple[float, str]:
 
 
 def no_gpu(name: str) -> bool:
-    """True, and says so, where there is no CUDA device: a kernel benchmark then returns no rows."""
-    if torch.cuda.is_available():
+    """True, and says so, where there is no CUDA device (and no rehearsal): a kernel benchmark then returns no
+    rows."""
+    if torch.cuda.is_available() or rehearsing():
         return False
     print(f"{name}: no CUDA device, nothing to time", file=sys.stderr)
     return True
@@ -96,7 +146,8 @@ def time_providers(op: str, shape: str, dtype, providers: dict, args: tuple, **r
             ms, timing = device_ms(lambda fn=fn, a=fn_args: fn(*a))
         except Exception as exc:  # noqa: BLE001 - e.g. out of memory or a compile failure: report and go on
             print(f"{op} {shape}: {name} skipped ({type(exc).__name__}: {exc})", file=sys.stderr)
-            torch.cuda.empty_cache()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
             continue
         rows.append(row(op, shape, dtype, name, ms, timing=timing, **row_extra))
     return rows
@@ -107,9 +158,9 @@ def attention_inputs(rows: int, batch: int, ctx: int, heads: tuple[int, int, int
     keys and values for the library providers, and the same values in the engine's shuffled pages with their
     tables: (q, (dense_k, dense_v), (k_pages, v_pages, tables))."""
     hq, hkv, d = heads
-    qkv = torch.randn(rows, (hq + 2 * hkv) * d, device="cuda", dtype=dtype)
+    qkv = torch.randn(rows, (hq + 2 * hkv) * d, device=bench_device(), dtype=dtype)
     q = qkv[:, : hq * d].view(rows, hq, d)
-    dense_k = torch.randn(batch, hkv, ctx, d, device="cuda", dtype=dtype)
+    dense_k = torch.randn(batch, hkv, ctx, d, device=bench_device(), dtype=dtype)
     dense_v = torch.randn_like(dense_k)
     k_pages, tables = paged(dense_k, page)
     return q, (dense_k, dense_v), (k_pages, paged(dense_v, page)[0], tables)
@@ -131,7 +182,14 @@ _PEAKS: dict[str, float] = {}
 
 
 def measured_peaks() -> dict[str, float]:
-    """Device-to-device copy bandwidth (GB/s, bytes read + written) and dense bf16 matmul rate (TFLOP/s)."""
+    """Device-to-device copy bandwidth (GB/s, bytes read + written) and dense bf16 matmul rate (TFLOP/s); in the
+    rehearsal, the CPU's (fp32, small)."""
+    if not _PEAKS and rehearsing():
+        src = torch.empty(1 << 25, dtype=torch.uint8)
+        dst = torch.empty_like(src)
+        _PEAKS["copy_gbps"] = 2 * src.numel() / cpu_ms(lambda: dst.copy_(src)) / 1e6
+        a, b = torch.randn(256, 256), torch.randn(256, 256)
+        _PEAKS["bf16_tflops"] = 2 * 256**3 / cpu_ms(lambda: a @ b) / 1e9
     if not _PEAKS:
         n = 1 << 30  # 1 GiB each way: far beyond L2
         src = torch.empty(n, dtype=torch.uint8, device="cuda")
@@ -183,8 +241,10 @@ def append_rows(rows: list[dict], file: str = "kernels.jsonl") -> None:
 def compiled(fn):
     """torch.compile of a reference function, or None where compile is unavailable or disabled (a provider
     called "torch-compile" must really be compiled, not dynamo's eager fallback)."""
-    import os
-
+    if rehearsing():
+        print("the rehearsal runs no torch.compile (minutes of CPU compilation): no torch-compile provider",
+              file=sys.stderr)  # fmt: skip
+        return None
     if os.environ.get("TORCHDYNAMO_DISABLE", "0") == "1" or torch._dynamo.config.disable:
         print("torch.compile is disabled here (TORCHDYNAMO_DISABLE): no torch-compile provider", file=sys.stderr)
         return None

@@ -86,7 +86,16 @@ def write_full_checkpoints(root: Path) -> dict[str, Path]:
     return paths
 
 
-if __name__ == "__main__":  # python benchmarks/e2e_common.py --write DIR: the full-size checkpoints alone
-    if sys.argv[1:2] != ["--write"] or len(sys.argv) != 3:
-        sys.exit("usage: python benchmarks/e2e_common.py --write DIR")
-    print(write_full_checkpoints(Path(sys.argv[2])))
+def write_tiny_checkpoints(root: Path) -> dict[str, Path]:
+    """The rehearsal's stand-in for write_full_checkpoints: the embedded default models, copied."""
+    from hovle.tooling.default_model import copy_default_model
+
+    return {v: copy_default_model(root / v, v, overwrite=True) for v in ("hovle", "hovle-hd")}
+
+
+if __name__ == "__main__":  # python benchmarks/e2e_common.py --write DIR [--tiny]: the checkpoints alone
+    if sys.argv[1:2] != ["--write"] or len(sys.argv) not in (3, 4) or sys.argv[3:] not in ([], ["--tiny"]):
+        sys.exit("usage: python benchmarks/e2e_common.py --write DIR [--tiny]")
+    t0 = time.perf_counter()
+    written = (write_tiny_checkpoints if sys.argv[3:] else write_full_checkpoints)(Path(sys.argv[2]))
+    print(f"checkpoints ready in {time.perf_counter() - t0:.0f} s: {written}", flush=True)

@@ -4,11 +4,9 @@ StaticCache and the decode step under torch.compile(mode="reduce-overhead") (CUD
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import ROOT
 from benchmarks.e2e_common import SCENARIOS, TEXT_PROMPT, Run, peak_gb, photo, reset_memory, sync
 from hovle.loaders.config import HoVLEConfig
 from hovle.loaders.tokenizer import Tokenizer
@@ -16,8 +14,8 @@ from hovle.prompt import get_template
 from hovle.request import RequestBuilder
 
 
-def bench_reference(model: str, path: Path, new: int, static: bool) -> list[dict]:
-    sys.path.insert(0, str(ROOT))
+def bench_reference(model: str, path: Path, new: int, static: bool, deadline=None):
+    """Yields the reference's rows one by one, as they are measured (TTFT per scenario, then batch-1 decode)."""
     import hovle.reference.model as ref_mod
     from hovle.reference.static import StaticReferenceHoVLE
 
@@ -29,8 +27,11 @@ def bench_reference(model: str, path: Path, new: int, static: bool) -> list[dict
     ref = cls.from_dir(str(path), dtype=Run.dtype, device=Run.device, attn="sdpa")
     sync()
     provider = "hf-reference-static-compile" if static else "hf-reference-sdpa"
-    base, rows = {"model": model, "provider": provider, "load_s": time.perf_counter() - t0}, []
+    base = {"model": model, "provider": provider, "load_s": time.perf_counter() - t0}
     for name, (size, max_num) in SCENARIOS.items():
+        if deadline is not None and deadline.passed():
+            print(f"{provider} {model}: deadline reached before ttft_{name}", flush=True)
+            return
         t1 = time.perf_counter()
         req = prep.build([{"role": "user", "content": TEXT_PROMPT}], [photo(*size)] if size else [], max_num)
         pixels = req.pixel_values.to(Run.device) if req.pixel_values is not None else None
@@ -40,8 +41,10 @@ def bench_reference(model: str, path: Path, new: int, static: bool) -> list[dict
             ref.emb_cache, ref.llm_cache = type(ref.emb_cache)(), type(ref.llm_cache)()  # new sequence, same weights
         logits = ref.prefill(req.ids_emb, req.ids_llm, pixels)[-1]
         sync()
-        rows.append({**base, "scenario": f"ttft_{name}", "batch": 1, "ttft_ms": (time.perf_counter() - t1) * 1e3,
-                     "prompt_tokens": len(req.ids_llm), "tiles": sum(req.tiles)})  # fmt: skip
+        yield {**base, "scenario": f"ttft_{name}", "batch": 1, "ttft_ms": (time.perf_counter() - t1) * 1e3,
+               "prompt_tokens": len(req.ids_llm), "tiles": sum(req.tiles), "peak_mem_gb": peak_gb()}  # fmt: skip
+    if deadline is not None and deadline.passed():
+        return
     tok, warm = int(logits.argmax()), 3  # the first compiled steps compile and capture: not timed
     for _ in range(warm):
         tok = int(ref.decode_step(tok).argmax())
@@ -51,8 +54,5 @@ def bench_reference(model: str, path: Path, new: int, static: bool) -> list[dict
         tok = int(ref.decode_step(tok).argmax())
     sync()
     rate = (new - 1 - warm) / (time.perf_counter() - t1)
-    rows.append({**base, "scenario": "decode", "batch": 1, "decode_tok_s": rate, "decode_tok_s_total": rate,
-                 "new_tokens": new, "note": "context after the last (12-tile) scenario's prompt"})  # fmt: skip
-    peak = peak_gb()
-    del ref
-    return [{**r, "peak_mem_gb": peak} for r in rows]
+    yield {**base, "scenario": "decode", "batch": 1, "decode_tok_s": rate, "decode_tok_s_total": rate,
+           "new_tokens": new, "note": "context after the last (12-tile) scenario's prompt", "peak_mem_gb": peak_gb()}

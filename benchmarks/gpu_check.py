@@ -2,20 +2,25 @@
 
 Uses that machine's own python3 (torch, triton, transformers, pytest-xdist preinstalled; no internet, no virtual
 environment, nothing downloaded). Steps, each a subprocess with its own time box so the whole run ends within the
-budget (--budget seconds, 470 by default: under 8 minutes on an H200; --quick: 230), and each step's rows written
-to benchmarks/results/ as they are produced, so a time-out loses only the step in flight:
+budget (--budget seconds: 480 by default, under 8 minutes on an H200; --quick: 230):
 
-  1. build csrc in place (native + CUDA image preprocessing)                      [the full-size checkpoint
-  2. the GPU tests in parallel (pytest-xdist): kernels at model shape in bf16,      is written meanwhile, in
-     graphs vs eager, Triton engine vs reference, bf16 end to end, native CUDA       the background]
-     preprocessing, the trained model's bf16 answers
-  3. the end-to-end benchmark on the full-size checkpoint (both models; engine with graphs and eager, the HF
+  1. build csrc in place (native + CUDA image preprocessing)                     [the full-size checkpoint is
+  2. the GPU tests (`pytest -m gpu`, in parallel): kernels in bf16 at model       written meanwhile, in the
+     shape, graphs vs eager, the Triton engine vs the reference, the native      background]
+     CUDA preprocessing, the trained model's bf16 answers, memory freed by close
+  3. the full-size check: the bf16 engine against the reference on the full-size checkpoint
+  4. the end-to-end benchmark on the full-size checkpoint (both models; the engine with graphs and eager, the HF
      reference with DynamicCache and with StaticCache + torch.compile; batches 1/8/64; 128 new tokens)
-  4. the kernel benchmarks (CUDA-graph device time at decode shapes)
-  5. the serving benchmark, when the serving extra imports (its wheels travel in .whl/)
+  5. the kernel benchmarks (CUDA-graph device time at decode shapes)
+  6. the serving benchmark, when the serving extra imports (its wheels travel in .whl/)
 
-A summary table is printed at the end, every log and result file is copied to $OUT when that is set. Without a
-GPU it says so and exits 0.
+Every step writes into one log as it runs (failures' tracebacks the moment they happen), and every benchmark row
+is appended to its results file the moment it is measured; with --out (or $OUT, as on the device machine) both go
+straight there, so a run killed at its limit still leaves everything it measured, in at most 8 files. Without
+--out they go to benchmarks/results/. A summary table ends the run. Without a GPU it says so and exits 0.
+
+--rehearse runs the same script on the CPU (Triton's interpreter, tiny shapes and checkpoints, short boxes): every
+step, log line and result file of the GPU run, so that the run's mechanics never fail first on the GPU.
 """
 
 from __future__ import annotations
@@ -23,51 +28,68 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-CKPT = Path(os.environ.get("HOVLE_FULL_DIR", "/tmp/hovle-full"))
-GPU_TESTS = ["tests/test_kernel_attention.py", "tests/test_kernel_decode_attention.py", "tests/test_kernel_kv_store.py",
-             "tests/test_kernel_rms_norm.py", "tests/test_kernel_rotary.py", "tests/test_kernel_swiglu.py",
-             "tests/test_kernel_patch_embed.py", "tests/test_kernel_pixel_shuffle.py", "tests/test_kernel_sample.py",
-             "tests/test_kernel_norm_linear.py", "tests/test_autoselect.py", "tests/test_engine.py",
-             "tests/test_engine_triton.py", "tests/test_capture_safety.py",
-             "tests/test_gpu_e2e.py", "tests/test_native_preprocess.py", "tests/test_prefix_reuse.py",
-             "tests/test_flash_attn_backend.py", "tests/test_trained_model_gpu.py"]  # fmt: skip
-QUICK_TESTS = ["tests/test_gpu_e2e.py", "tests/test_engine.py::test_cuda_graph_decode_equals_eager",
+MAX_FILES = 8  # what comes back from the device machine's $OUT
+QUICK_TESTS = ["tests/test_gpu_e2e.py", "tests/test_engine.py", "tests/test_engine_memory.py",
                "tests/test_kernel_kv_store.py", "tests/test_kernel_decode_attention.py",
                "tests/test_trained_model_gpu.py"]  # fmt: skip
+REHEARSAL_TESTS = ["tests/test_kernel_swiglu.py", "tests/test_kernel_rms_norm.py"]
 
 
-class Clock:
-    def __init__(self, budget: float):
-        self.start, self.budget = time.monotonic(), budget
+class Plan:
+    """What one run does: its time boxes, test selection, checkpoint and the environment of every step."""
+
+    def __init__(self, args, out: Path):
+        self.out, self.rehearse, self.quick = out, args.rehearse, args.quick
+        self.budget = args.budget or (200 if args.rehearse else 230 if args.quick else 480)
+        default = tempfile.mkdtemp(prefix="hovle-rehearsal-") if args.rehearse else "/tmp/hovle-full"
+        self.ckpt = Path(os.environ.get("HOVLE_FULL_DIR") or default)
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "HOVLE_RESULTS": str(out), "HOVLE_TB_NOW": "1"}
+        if self.rehearse:
+            self.env.update(HOVLE_REHEARSE="1", TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
+        self.start = time.monotonic()
 
     def left(self) -> float:
         return self.budget - (time.monotonic() - self.start)
 
+    def box(self, gpu: tuple[float, float], rehearsal: tuple[float, float]) -> float:
+        """A step's time box from (its share, the seconds later steps keep) on the GPU or in the rehearsal."""
+        share, keep = rehearsal if self.rehearse else gpu
+        return min(share, self.left() - keep)
 
-def step(name: str, cmd: list[str], limit: float, log: Path, env: dict | None = None) -> tuple[str, int, float]:
-    """Runs one step under `timeout` (its output appended to `log`); returns (name, status, seconds)."""
+    def tests(self) -> list[str]:
+        if self.rehearse:
+            return REHEARSAL_TESTS
+        return QUICK_TESTS if self.quick else ["tests"]
+
+
+def step(name: str, cmd: list[str], limit: float, log: Path, env: dict) -> tuple[str, int, float]:
+    """Runs one step under `timeout`, its output streamed into `log`; returns (name, status, seconds)."""
     if limit < 10:
-        print(f"== {name}: skipped, {limit:.0f} s left", flush=True)
+        _say(log, f"== {name}: skipped, {limit:.0f} s left")
         return name, -1, 0.0
-    print(f"== {name} (at most {limit:.0f} s): {' '.join(cmd)}", flush=True)
+    _say(log, f"== {name} (at most {limit:.0f} s): {' '.join(cmd)}")
     t0 = time.monotonic()
     with open(log, "a", encoding="utf-8") as fh:
-        fh.write(f"\n== {name}: {' '.join(cmd)}\n")
-        fh.flush()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         rc = subprocess.call(["timeout", "-k", "5", str(int(limit)), *cmd], cwd=ROOT, stdout=fh,
                              stderr=subprocess.STDOUT, env=env)  # fmt: skip
     took = time.monotonic() - t0
-    print(f"   {name}: exit {rc} after {took:.0f} s", flush=True)
+    _say(log, f"   {name}: exit {rc} after {took:.0f} s")
     return name, rc, took
+
+
+def _say(log: Path, line: str) -> None:
+    """A line on the console and in the log."""
+    print(line, flush=True)
+    with open(log, "a", encoding="utf-8") as fh:
+        fh.write(line + "\n")
 
 
 def _serving_importable() -> bool:
@@ -76,77 +98,99 @@ def _serving_importable() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("fastapi", "uvicorn", "openai", "prometheus_client"))
 
 
-def _summary(steps: list[tuple[str, int, float]], since: float) -> None:
-    print("\n| step | exit | seconds |\n|---|---|---|")
-    for name, rc, took in steps:
-        print(f"| {name} | {'timeout' if rc in (124, 137) else rc} | {took:.0f} |")
-    for file in ("e2e.jsonl", "kernels.jsonl", "serve.jsonl"):
-        path = RESULTS / file
-        if path.is_file():
-            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            new = [r for r in rows if r.get("date", "") >= since]
-            print(f"{file}: {len(new)} new rows")
-            for r in new:
-                if r.get("scenario") in ("decode", "ttft_max12") or r.get("op") == "serve":
-                    keys = ("model", "provider", "scenario", "batch", "decode_tok_s", "decode_tok_s_total", "ttft_ms",
-                            "bw_frac", "concurrency", "output_tok_per_s", "ttft_p50_ms")  # fmt: skip
-                    print("  " + ", ".join(f"{k}={r[k]:.4g}" if isinstance(r[k], float) else f"{k}={r[k]}"
-                                           for k in keys if r.get(k) is not None))  # fmt: skip
+def run(plan: Plan, log: Path) -> list[tuple[str, int, float]]:
+    py, env = sys.executable, plan.env
+    writer = [py, "benchmarks/e2e_common.py", "--write", str(plan.ckpt)] + (["--tiny"] if plan.rehearse else [])
+    with open(plan.out / "ckpt.log", "a", encoding="utf-8") as ckpt_log:
+        ckpt = subprocess.Popen(writer, cwd=ROOT, stdout=ckpt_log, stderr=subprocess.STDOUT, env=env)
+    build_env = {**env, "HOVLE_BUILD_CUDA": "0" if plan.rehearse else "1"}
+    build = [py, "setup.py", "-q", "build_ext", "--inplace"]
+    steps = [step("build", build, plan.box((60, 400), (60, 120)), log, build_env)]
+    workers, threads = ("2", "1") if plan.rehearse else ("8", "2")
+    test_env = {**env, "HOVLE_TEST_THREADS": threads, "OMP_NUM_THREADS": threads}
+    pytest = [py, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", "--timeout", "120"]
+    tests = [*pytest, "-n", workers, "-m", "gpu", *plan.tests()]
+    steps.append(step("gpu tests", tests, plan.box((150, 260), (60, 90)), log, test_env))
+    try:
+        ckpt.wait(timeout=max(1.0, plan.left() - (80 if plan.rehearse else 250)))
+    except subprocess.TimeoutExpired:  # the steps that need it fail on their own; the summary still comes
+        ckpt.kill()
+        _say(log, "== checkpoint: not written in time (see ckpt.log)")
+    full_env = {**test_env, "HOVLE_FULL_CKPT": str(plan.ckpt)}
+    steps.append(step("full-size check", [*pytest, "tests/test_gpu_e2e.py"], plan.box((70, 180), (30, 80)), log,
+                      full_env))  # fmt: skip
+    if plan.rehearse:
+        e2e = ["--smoke", "--models", "hovle"]
+    elif plan.quick:
+        e2e = ["--models", "hovle", "--batches", "1,64", "--providers", "graphs,hf-static"]
+    else:
+        e2e = ["--batches", "1,8,64", "--new-tokens", "128"]
+    limit = plan.box((150, 5 if plan.quick else 70), (60, 50))
+    e2e_cmd = [py, "benchmarks/bench_e2e.py", "--record", "--dir", str(plan.ckpt), "--deadline", str(int(limit - 30))]
+    steps.append(step("e2e", [*e2e_cmd, *e2e], limit, log, env))
+    if not plan.quick:
+        steps.append(step("kernels", [py, "benchmarks/run_kernels.py", "--record"], plan.box((50, 20), (40, 10)), log,
+                          env))  # fmt: skip
+        if _serving_importable():
+            serve = ["--concurrency", "1,2", "--requests", "4", "--max-tokens", "4"] if plan.rehearse else \
+                ["--concurrency", "1,16,64", "--requests", "64"]  # fmt: skip
+            steps.append(step("serve", [py, "benchmarks/bench_serve.py", "--model", str(plan.ckpt / "hovle"),
+                                        "--record", *serve], plan.box((60, 3), (40, 0)), log, env))  # fmt: skip
+        else:
+            _say(log, "== serve: skipped (fastapi, uvicorn, openai or prometheus_client not importable: carry wheels)")
+    if ckpt.poll() is None:
+        ckpt.kill()
+    return steps
+
+
+def summary(steps: list[tuple[str, int, float]], out: Path, since: str, log: Path) -> None:
+    lines = ["", "| step | exit | seconds |", "|---|---|---|"]
+    lines += [f"| {n} | {'timeout' if rc in (124, 137) else rc} | {t:.0f} |" for n, rc, t in steps]
+    for name in ("e2e.jsonl", "kernels.jsonl", "serve.jsonl"):
+        path = out / name
+        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+        new = [r for r in rows if r.get("date", "") >= since]
+        lines.append(f"{name}: {len(new)} new rows")
+        for r in new:
+            if r.get("scenario") in ("decode", "ttft_max12") or r.get("op") == "serve":
+                keys = ("model", "provider", "scenario", "batch", "decode_tok_s", "decode_tok_s_total", "ttft_ms",
+                        "bw_frac", "concurrency", "output_tok_per_s", "ttft_p50_ms")  # fmt: skip
+                lines.append("  " + ", ".join(f"{k}={r[k]:.4g}" if isinstance(r[k], float) else f"{k}={r[k]}"
+                                              for k in keys if r.get(k) is not None))  # fmt: skip
+    files = sorted(p.name for p in out.iterdir() if p.is_file())
+    too_many = f"  MORE THAN {MAX_FILES}: some will not come back" if len(files) > MAX_FILES else ""
+    lines.append(f"files in {out}: {len(files)} {files}{too_many}")
+    for line in lines:
+        _say(log, line)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="a subset in under 4 minutes")
+    p.add_argument("--rehearse", action="store_true", help="the same run on the CPU: tiny shapes, short boxes")
     p.add_argument("--budget", type=float, default=None, help="seconds for the whole run")
+    p.add_argument("--out", default=os.environ.get("OUT"), help="where the log and rows go (default: $OUT, else "
+                   "benchmarks/results/)")  # fmt: skip
     args = p.parse_args()
-    try:
-        import torch
-    except ImportError:
-        torch = None
-    if torch is None or not torch.cuda.is_available():
-        print("gpu-check: no CUDA GPU here; this check needs one (nothing run)")
-        return 0
-    clock = Clock(args.budget or (230 if args.quick else 470))
-    from datetime import datetime, timezone
-
+    if not args.rehearse:
+        try:
+            import torch
+        except ImportError:
+            torch = None
+        if torch is None or not torch.cuda.is_available():
+            print("gpu-check: no CUDA GPU here; this check needs one (nothing run; --rehearse runs it on the CPU)")
+            return 0
+    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
     since = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    log = RESULTS / f"gpu-check-{since[:10]}.log"
-    py = sys.executable
-    ckpt_log = open(RESULTS / "gpu-check-ckpt.log", "a")  # noqa: SIM115 - the background writer's log
-    ckpt = subprocess.Popen([py, "benchmarks/e2e_common.py", "--write", str(CKPT)], cwd=ROOT, stdout=ckpt_log,
-                            stderr=subprocess.STDOUT)  # fmt: skip
-    subprocess.call(["nvidia-smi"], stdout=open(log, "a"), stderr=subprocess.STDOUT)
-    steps = [step("build", [py, "setup.py", "-q", "build_ext", "--inplace"], min(90, clock.left()), log,
-                  {"HOVLE_BUILD_CUDA": "1"})]  # fmt: skip
-    tests = QUICK_TESTS if args.quick else GPU_TESTS
-    tests = [t for t in tests if (ROOT / t.split("::")[0]).is_file()]
-    steps.append(step("gpu tests", [py, "-m", "pytest", "-q", "-n", "8", "-p", "no:cacheprovider", "--timeout", "150",
-                                    *tests], min(100 if args.quick else 170, clock.left() - 100), log,
-                      {"HOVLE_FULL_CKPT": ""}))  # fmt: skip
-    try:
-        ckpt.wait(timeout=max(1, clock.left() - 60))
-    except subprocess.TimeoutExpired:  # the steps that need it fail on their own; the summary and $OUT copy still run
-        ckpt.kill()
-        print("== full-size checkpoint: not written in time (see gpu-check-ckpt.log)", flush=True)
-    e2e = ["--models", "hovle", "--batches", "1,64", "--providers", "graphs,hf-static"] if args.quick else \
-          ["--batches", "1,8,64", "--new-tokens", "128"]  # fmt: skip
-    e2e_time = min(90 if args.quick else 170, clock.left() - (5 if args.quick else 70))
-    steps.append(step("e2e", [py, "benchmarks/bench_e2e.py", "--dir", str(CKPT), "--deadline", str(int(e2e_time - 40)),
-                              *e2e], e2e_time, log))  # fmt: skip
-    if not args.quick:
-        steps.append(step("kernels", [py, "benchmarks/run_kernels.py"], min(60, clock.left() - 25), log))
-        if _serving_importable():
-            steps.append(step("serve", [py, "benchmarks/bench_serve.py", "--model", str(CKPT / "hovle"),
-                                        "--concurrency", "1,16,64", "--requests", "64", "--record"],
-                              clock.left() - 5, log))  # fmt: skip
-        else:
-            print("== serve: skipped (fastapi, uvicorn or openai not importable: carry their wheels in .whl/)")
-    _summary(steps, since)
-    if os.environ.get("OUT"):
-        for f in RESULTS.iterdir():
-            if f.suffix in (".jsonl", ".log") and f.stat().st_mtime >= clock.start - 5:
-                shutil.copy(f, os.environ["OUT"])
+    log = out / ("gpu-check.log" if args.out else f"gpu-check-{since[:10]}.log")
+    plan = Plan(args, out)
+    _say(log, f"# gpu-check {'rehearsal ' if plan.rehearse else ''}{since}, budget {plan.budget:.0f} s")
+    if not plan.rehearse:
+        with open(log, "a", encoding="utf-8") as fh:
+            subprocess.call(["nvidia-smi"], stdout=fh, stderr=subprocess.STDOUT)
+    steps = run(plan, log)
+    summary(steps, out, since, log)
     return 0
 
 

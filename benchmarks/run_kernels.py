@@ -1,24 +1,25 @@
-"""Runs every kernel benchmark in one process (one set of measured peaks) and saves rows plus the raw log.
+"""Runs every kernel benchmark in one process (one set of measured peaks); with --record saves rows plus the raw log.
 
-    python benchmarks/run_kernels.py [op ...]      # default: all of them
+    python benchmarks/run_kernels.py [--record] [op ...]      # default: all of them
 
-Rows are appended to benchmarks/results/kernels.jsonl; the console output is also written to
-benchmarks/results/kernels-<date>-<commit>.log. Needs a CUDA GPU; without one it says so and exits 0.
+With --record, rows are appended to benchmarks/results/kernels.jsonl and the console output is also written to
+benchmarks/results/kernels-<date>-<commit>.log. Needs a CUDA GPU (or the rehearsal, HOVLE_REHEARSE=1); without one
+it says so and exits 0.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib
 import io
+import json
 import sys
 import traceback
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import RESULTS, append_rows, measured_peaks, provenance  # noqa: E402
+from benchmarks.common import RESULTS, append_rows, measured_peaks, no_gpu, provenance  # noqa: E402
 
 OPS = [
     "rms_norm",
@@ -48,28 +49,33 @@ class _Tee(io.TextIOBase):
             st.flush()
 
 
-def main(ops: list[str]) -> int:
-    if not torch.cuda.is_available():
-        print("run_kernels: no CUDA device here; the kernel benchmarks need a GPU (nothing measured).")
+def main(ops: list[str], record: bool) -> int:
+    if no_gpu("run_kernels"):
         return 0
     prov = provenance()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    log_path = RESULTS / f"kernels-{prov['date'][:10]}-{prov['commit']}.log"
     failed = []
-    with open(log_path, "a", encoding="utf-8") as log, contextlib.redirect_stdout(_Tee(sys.stdout, log)):
+    with contextlib.ExitStack() as stack:
+        if record:
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            log = stack.enter_context(open(RESULTS / f"kernels-{prov['date'][:10]}-{prov['commit']}.log", "a"))
+            stack.enter_context(contextlib.redirect_stdout(_Tee(sys.stdout, log)))
         print(f"# {prov}")
         print(f"# measured peaks: {measured_peaks()}")
         for op in ops:
-            print(f"## bench_{op}")
+            print(f"## bench_{op}", flush=True)
             try:
                 rows = importlib.import_module(f"benchmarks.bench_{op}").run()
-                append_rows(rows)
+                append_rows(rows) if record else [print(json.dumps(r)) for r in rows]
             except Exception:  # noqa: BLE001 - one failing benchmark must not hide the others' results
                 traceback.print_exc(file=sys.stdout)
                 failed.append(op)
-    print(f"log: {log_path}; failed: {failed or 'none'}")
+    print(f"failed: {failed or 'none'}")
     return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:] or OPS))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("ops", nargs="*", choices=[[]] + OPS, metavar="op", help=f"some of {', '.join(OPS)}")
+    parser.add_argument("--record", action="store_true", help="append rows to benchmarks/results/ and keep a log")
+    args = parser.parse_args()
+    sys.exit(main(args.ops or OPS, args.record))

@@ -49,3 +49,45 @@ def test_gpu_check_without_a_gpu_says_so_and_exits_0():
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py")], capture_output=True, text=True,
                          timeout=120, cwd=ROOT)  # fmt: skip
     assert out.returncode == 0 and "no CUDA GPU here" in out.stdout
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_gpu_check_rehearsal_runs_every_step_and_leaves_its_results_in_out(tmp_path):
+    """`make gpu-check REHEARSE=1`: the GPU run's script on the CPU, end to end. Every step runs in its box and exits
+    0, the rows of each benchmark land in --out as they are measured (marked as a rehearsal), the log holds every
+    step, and no more files are left than the device machine sends back; benchmarks/results/ is untouched."""
+    from benchmarks.gpu_check import MAX_FILES
+
+    before = _results_state()
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--rehearse", "--out",
+                          str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=ROOT)  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    log = (tmp_path / "gpu-check.log").read_text()
+    for name in ("build", "gpu tests", "full-size check", "e2e", "kernels", "serve"):
+        assert f"| {name} | 0 |" in log, f"step {name!r} did not run to exit 0:\n{log[-3000:]}"
+    assert " passed" in log and "FAILED" not in log  # the test step's pytest output is in the log
+    e2e, kernels, serve = (_rows(tmp_path / f) for f in ("e2e.jsonl", "kernels.jsonl", "serve.jsonl"))
+    assert {r["provider"] for r in e2e} >= {"engine-torch-eager", "hf-reference-sdpa", "hf-reference-static-compile"}
+    assert {r["op"] for r in kernels} == {"rms_norm", "swiglu", "norm_linear", "rotary", "kv_store", "attention",
+                                          "decode_attention", "patch_embed", "pixel_shuffle", "sample"}  # fmt: skip
+    assert len(serve) == 2 and all(r["lost"] == 0 for r in serve)
+    assert all(r.get("rehearsal") is True and r["commit"] for r in e2e + kernels + serve)
+    files = [p for p in tmp_path.iterdir()]
+    assert len(files) <= MAX_FILES and all(p.is_file() for p in files), [p.name for p in files]
+    assert _results_state() == before
+
+
+def test_every_row_carries_the_choices_autoselect_made():
+    """A benchmark row says which implementation the engine had chosen (and which candidates failed, and why)."""
+    from benchmarks.common import provenance
+    from hovle.kernels.autoselect import Choice
+
+    choice = Choice("row_test", {"slow": lambda: 1, "fast": lambda: 2, "broken": lambda: 1 / 0},
+                    timer=lambda fn: {1: 2.0, 2: 1.0}[fn()])  # fmt: skip
+    choice.pick(("shape", 7), (), {}, measurable=True)
+    prov = provenance()
+    assert prov["choices"]["row_test"] == {"('shape', 7)": "fast"}
+    assert prov["choices"]["row_test failed"] == {"('shape', 7)": "broken: ZeroDivisionError: division by zero"}
