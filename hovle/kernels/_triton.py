@@ -101,5 +101,7 @@ def warps(elements: int, per_warp: int = 512, most: int = 8) -> int:
 
 
 def triton_usable(device_type: str) -> bool:
-    """Whether Triton kernels can run on tensors of `device_type` in this process."""
-    return HAS_TRITON and (device_type == "cuda" or (device_type == "cpu" and interpreting()))
+    """Whether Triton kernels can run on tensors of `device_type` in this process. "meta" tensors pass too: the ops'
+    fake implementations give their output shapes and nothing launches (benchmarks/ledger.py books a decode step
+    so)."""
+    return HAS_TRITON and (device_type in ("cuda", "meta") or (device_type == "cpu" and interpreting()))
