@@ -76,7 +76,8 @@ class DecodeStep:
     def capture_all(self, max_rows: int) -> None:
         """Captures the greedy, penalty-free step for every bucket up to `max_rows` rows (at start, not mid-serving)."""
         for bucket in BUCKETS if self.graphs_on else ():
-            self._graphs.setdefault((bucket, False, True), self._capture((bucket, False, True)))
+            if (bucket, False, True) not in self._graphs:
+                self._graphs[bucket, False, True] = self._capture((bucket, False, True))
             if bucket >= max_rows:
                 break
 
