@@ -44,9 +44,10 @@ from benchmarks.e2e_common import (  # noqa: E402
 from benchmarks.e2e_reference import bench_reference  # noqa: E402
 from hovle import Engine  # noqa: E402
 
-KINDS = {"gemm": ("gemm", "cutlass", "cublas", "sm90_xmma", "nvjet"), "attention": ("attention",),
-         "norm": ("rms_norm",), "swiglu": ("swiglu",), "kv_store": ("kv_store",),
-         "select": ("row_stats", "row_reduce", "sample", "penalty", "sort", "argmax")}  # fmt: skip
+KINDS = {"gemm": ("gemm", "cutlass", "cublas", "sm90_xmma", "nvjet"), "norm_linear": ("norm_linear",),
+         "attention": ("attention",), "norm": ("rms_norm",), "swiglu": ("swiglu",), "kv_store": ("kv_store",),
+         "select": ("row_stats", "row_reduce", "sample", "penalty", "sort", "argmax"),
+         "elementwise": ("elementwise", "reduce_kernel", "index", "gather", "scatter", "cat", "fill")}  # fmt: skip
 
 
 class Deadline:
@@ -140,8 +141,9 @@ def bench_ours(model: str, path: Path, provider: str, graphs: bool, batches: lis
                 print(f"{provider} {model}: deadline reached before batch {b}", flush=True)
                 return
             yield {**_decode_row(eng, base, b, new), "peak_mem_gb": peak_gb()}
-        if Run.on_gpu() and graphs and not deadline.passed():
-            yield _breakdown_row(eng, base, 1, 33)
+        for b in [b for b in (1, 64) if b in batches] if Run.on_gpu() and graphs else []:
+            if not deadline.passed():
+                yield _breakdown_row(eng, base, b, 33)
     finally:
         eng.close()
 

@@ -227,7 +227,17 @@ def row(
     r.update(peaks)
     r.update(extra)
     r.update(provenance())
+    if _STREAM:  # run_kernels --record: every row lands in its file the moment it is measured
+        append_rows([r], _STREAM[0])
     return r
+
+
+_STREAM: list[str] = []
+
+
+def stream_rows(file: str) -> None:
+    """From now on every row() is appended to `file` under RESULTS as it is made (a time-out keeps it)."""
+    _STREAM[:] = [file]
 
 
 def append_rows(rows: list[dict], file: str = "kernels.jsonl") -> None:

@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import RESULTS, append_rows, measured_peaks, no_gpu, provenance  # noqa: E402
+from benchmarks.common import RESULTS, measured_peaks, no_gpu, provenance, stream_rows  # noqa: E402
 
 OPS = [  # the decode step's and TTFT's heaviest first: a time-boxed run keeps what matters most
     "rms_norm",
@@ -59,13 +59,15 @@ def main(ops: list[str], record: bool) -> int:
             RESULTS.mkdir(parents=True, exist_ok=True)
             log = stack.enter_context(open(RESULTS / f"kernels-{prov['date'][:10]}-{prov['commit']}.log", "a"))
             stack.enter_context(contextlib.redirect_stdout(_Tee(sys.stdout, log)))
+            stream_rows("kernels.jsonl")
         print(f"# {prov}")
         print(f"# measured peaks: {measured_peaks()}")
         for op in ops:
             print(f"## bench_{op}", flush=True)
             try:
                 rows = importlib.import_module(f"benchmarks.bench_{op}").run()
-                append_rows(rows) if record else [print(json.dumps(r)) for r in rows]
+                if not record:
+                    print("\n".join(json.dumps(r) for r in rows))
             except Exception:  # noqa: BLE001 - one failing benchmark must not hide the others' results
                 traceback.print_exc(file=sys.stdout)
                 failed.append(op)

@@ -39,7 +39,7 @@ def test_bf16_engine_matches_reference(checkpoints, index):
     eng = Engine.from_pretrained(path, device="cuda", dtype=torch.bfloat16, backend="triton", cuda_graphs=True)
     req = eng.prepare([{"role": "user", "content": question}], [image], 6)
     pixels = req.pixel_values.cuda()
-    ours = eng.prompt_logits(req)[-1]
+    ours = eng.prompt_logits(req)[-1].cuda()  # prompt_logits hands back host tensors
     fp32 = ReferenceHoVLE.from_dir(path, torch.float32, "cuda").prefill(req.ids_emb, req.ids_llm, pixels)[-1]
     ref16 = ReferenceHoVLE.from_dir(path, torch.bfloat16, "cuda")
     logits = ref16.prefill(req.ids_emb, req.ids_llm, pixels)[-1]
