@@ -48,6 +48,9 @@ def sizes(real, tiny):
 
 
 def git_commit() -> str:
+    """The short commit of the code that runs (HOVLE_COMMIT overrides it: a copy of the tree whose .git is stale)."""
+    if os.environ.get("HOVLE_COMMIT"):
+        return os.environ["HOVLE_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
         # result files written by earlier benchmarks of the same run do not make the code "dirty"
