@@ -2,13 +2,14 @@
 
 Some choices cannot be made from first principles: whether a fused Triton kernel beats cuBLAS plus separate small
 kernels at a given decode shape, or which attention backend wins at a given prefill length, depends on the GPU and
-the library versions. A `Choice` times each candidate on its first call with a new key (CUDA events, median of a
-few runs, after a warm-up call that compiles and autotunes), keeps the fastest for that key, and afterwards calls it
-directly. A candidate that raises is left out and reported (on stderr and in `failures`, with its exception); a
-CUDA error is raised at once instead, since it poisons every later call in the process. It never measures where it
-cannot (the CPU, inside a CUDA-graph capture): there the first candidate runs, and a key first seen during a
-capture keeps that choice. HOVLE_CHOOSE_<NAME>=<candidate> forces one (tests, benchmarks). `log` holds every
-measurement; `summary()` every choice made in this process (benchmark rows carry it).
+the library versions. A `Choice` times each candidate on its first call with a new key (replays of a CUDA graph of
+ten calls, median of a few, after a warm-up call that compiles and autotunes: device time, as the captured decode
+step pays it), keeps the fastest for that key, and afterwards calls it directly. A candidate that raises is left out
+and reported (on stderr and in `failures`, with its exception); a CUDA error is raised at once instead, since it
+poisons every later call in the process. It never measures where it cannot (the CPU, inside a CUDA-graph capture):
+there the first candidate runs, and a key first seen during a capture keeps that choice.
+HOVLE_CHOOSE_<NAME>=<candidate> forces one (tests, benchmarks). `log` holds every measurement; `summary()` every
+choice made in this process (benchmark rows carry it).
 """
 
 from __future__ import annotations
@@ -20,9 +21,27 @@ from collections.abc import Callable, Hashable
 
 import torch
 
+GRAPH_CALLS = 10  # calls per captured graph: one replay is long enough to time with events
+
 
 def cuda_timer(fn: Callable[[], object], reps: int = 7) -> float:
-    """Median milliseconds of fn() between CUDA events (fn already warmed up)."""
+    """Median device milliseconds of one fn() call (fn already warmed up), as a CUDA-graph replay runs it: the
+    decode step that calls these candidates is replayed from a graph, so launch overhead must not decide. A candidate
+    that cannot be captured (a host sync) is timed eagerly between CUDA events instead."""
+    try:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            for _ in range(GRAPH_CALLS):
+                fn()
+    except Exception as exc:  # noqa: BLE001 - not capturable: its eager time is what it costs
+        if _is_cuda_fault(exc):
+            raise
+        torch.cuda.synchronize()
+        return _event_ms(fn, reps)
+    return _event_ms(graph.replay, reps) / GRAPH_CALLS
+
+
+def _event_ms(fn: Callable[[], object], reps: int) -> float:
     times = []
     for _ in range(reps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
