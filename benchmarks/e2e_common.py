@@ -14,7 +14,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import measured_peaks  # noqa: E402
-from hovle.loaders.config import HoVLEConfig  # noqa: E402
+from hovle.families.hovle.config import HoVLEConfig  # noqa: E402
 from hovle.tooling.checkpoint_writer import write_checkpoint  # noqa: E402
 from hovle.tooling.default_model import bundled_tokenizer, config_dict, random_tensors  # noqa: E402
 

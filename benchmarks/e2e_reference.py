@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 
 from benchmarks.e2e_common import SCENARIOS, TEXT_PROMPT, Run, peak_gb, photo, reset_memory, sync
-from hovle.loaders.config import HoVLEConfig
+from hovle.families.hovle.config import HoVLEConfig
+from hovle.families.hovle.request import RequestBuilder
 from hovle.loaders.tokenizer import Tokenizer
 from hovle.prompt import get_template
-from hovle.request import RequestBuilder
 
 
 def bench_reference(model: str, path: Path, new: int, static: bool, deadline=None):

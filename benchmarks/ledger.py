@@ -28,10 +28,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hovle.families.hovle.config import HoVLEConfig  # noqa: E402
+from hovle.families.hovle.model import HoVLEModel  # noqa: E402
+from hovle.families.hovle.weights import UNUSED_TENSORS, expected_tensors  # noqa: E402
 from hovle.kernels import get_ops  # noqa: E402
-from hovle.loaders.config import HoVLEConfig  # noqa: E402
-from hovle.loaders.weights import UNUSED_TENSORS, expected_tensors  # noqa: E402
-from hovle.model.model import HoVLEModel  # noqa: E402
 from hovle.runtime.kv_cache import PagedKVCache  # noqa: E402
 from hovle.runtime.runner import ModelRunner  # noqa: E402
 from hovle.tooling.default_model import config_dict  # noqa: E402
@@ -156,8 +156,8 @@ def decode_ledger(variant: str = "hovle", batch: int = 1, context: int = 1024, e
     cfg = model.cfg
     emb_ctx = context + (cfg.emb_tokens_per_tile - cfg.tokens_per_tile if cfg.is_hd else 0)
     pages = (math.ceil(emb_ctx / PAGE) + 1, math.ceil(context / PAGE) + 1)
-    runner = ModelRunner(model, max_batch=batch, num_pages=(batch * pages[0] + 1, batch * pages[1] + 1), page=PAGE,
-                         max_pages=pages, cuda_graphs=False, quirk=False, vocab_limit=None)  # fmt: skip
+    runner = ModelRunner(model, max_batch=batch, num_pages=(batch * pages[0] + 1, batch * pages[1] + 1),
+                         page_size=PAGE, max_pages=pages, cuda_graphs=False, vocab_limit=None)  # fmt: skip
     ledger = Ledger(minimum=_minimum(model, batch, (emb_ctx, context)))
     rows = torch.arange(batch, device="meta")
     uniform = torch.empty(batch, device="meta")

@@ -14,7 +14,7 @@ _EXPORTS = {
     "ConfigError": ".errors", "HoVLEError": ".errors", "ImageError": ".errors", "InputError": ".errors",
     "TokenizerError": ".errors", "WeightsError": ".errors",
     "GenerationResult": ".generation", "SamplingParams": ".generation", "Timings": ".generation",
-    "HoVLEConfig": ".loaders.config",
+    "HoVLEConfig": ".families.hovle.config",
 }  # fmt: skip
 __all__ = [
     "ConfigError", "Engine", "GenerationResult", "HoVLEConfig", "HoVLEError", "ImageError", "InputError",
@@ -24,8 +24,8 @@ __all__ = [
 if TYPE_CHECKING:
     from .engine import Engine, Stream
     from .errors import ConfigError, HoVLEError, ImageError, InputError, TokenizerError, WeightsError
+    from .families.hovle.config import HoVLEConfig
     from .generation import GenerationResult, SamplingParams, Timings
-    from .loaders.config import HoVLEConfig
 
 
 def __getattr__(name: str):

@@ -1,15 +1,18 @@
 """The user-facing runtime: `Engine.from_pretrained(path)`, `generate(...)`, `chat(...)`, `prompt_logits(...)`.
 
-A request is turned into token ids and tiles in the caller's thread (hovle/request.py), then handed to the
-scheduler (hovle/runtime/scheduler.py), which batches every request it has, from any number of callers,
-continuously on its own thread: requests join the running batch between decode steps and leave it when they end.
-`generate` waits for its own requests' events (or streams them); nothing else is shared between callers, so one
-Engine may be used from several threads at once, and an unfinished stream keeps its own buffer while other
-requests run (see the README's concurrency contract).
+`from_pretrained` finds the model's family from config.json (hovle/families), which loads config, tokenizer and
+weights; the runtime around it (hovle/runtime) is the same for every family. A request is turned into token ids
+and tiles in the caller's thread (the family's request builder), then handed to the engine's loop
+(hovle/runtime/loop.py), which batches every request it has, from any number of callers, continuously on its own
+thread: requests join the running batch between decode steps and leave it when they end. `generate` waits for its
+own requests' events (or streams them); nothing else is shared between callers, so one Engine may be used from
+several threads at once, and an unfinished stream keeps its own buffer while other requests run (see the README's
+concurrency contract).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import time
 import weakref
@@ -19,28 +22,25 @@ from typing import Any
 
 import torch
 
-from hovle.kernels import get_ops
-
 from .errors import InputError
+from .families import family_for
 from .generation import GenerationResult, SamplingParams, Timings
-from .loaders.config import HoVLEConfig
-from .loaders.image import PREPROCESS_PATHS
-from .loaders.tokenizer import Tokenizer
-from .loaders.weights import load_weights
-from .model.model import HD_DECODE_MODES, HoVLEModel
-from .options import IDLE_CHUNK, check_tokenizer, positive_int, resolve_device_dtype
-from .prompt import get_template, split_images
-from .request import MAX_TILES_CAP, Request, RequestBuilder
-from .runtime.decode import BUCKETS
+from .kernels import get_ops
+from .options import IDLE_CHUNK, EngineOptions
+from .prompt import split_images
+from .runtime.loop import EngineLoop
+from .runtime.output import Done, Failed, Token
+from .runtime.page_tables import PageTables
 from .runtime.runner import ModelRunner
 from .runtime.scheduler import Scheduler
 from .runtime.sequence import Sequence
-from .runtime.sizing import Sizing, kv_cache_cap
+from .runtime.sizing import Sizing
 
 
 class Stream:
     """Iterates over text deltas of a streamed generation (for a batch: (index, delta) pairs); `results` holds
-    the GenerationResults once the iteration is over. Closing it early cancels the requests still running."""
+    the GenerationResults once the iteration is over (`result` is the only one of a single prompt). Closing it
+    early cancels the requests still running."""
 
     def __init__(self, events: Iterator[tuple[int, str]], single: bool, results: list):
         self._events, self._single, self.results = events, single, results
@@ -57,79 +57,53 @@ class Stream:
         return self.results[0]
 
 
+class Handle:
+    """A submitted request: `cancel()` it at any time; `result()` once its Done event has arrived."""
+
+    def __init__(self, seq: Sequence, loop: EngineLoop, start: float):
+        self._seq, self._loop, self._start = seq, loop, start
+
+    @property
+    def index(self) -> int:
+        return self._seq.index
+
+    def cancel(self) -> None:
+        self._loop.cancel([self._seq])
+
+    def result(self) -> GenerationResult:
+        return result_of(self._seq, self._start)
+
+
 class Engine:
-    def __init__(self, cfg: HoVLEConfig, tokenizer: Tokenizer, model: HoVLEModel, scheduler: Scheduler,
-                 builder: RequestBuilder, hd_decode: str, max_context: int):  # fmt: skip
-        self.cfg, self.tokenizer, self.model, self.scheduler = cfg, tokenizer, model, scheduler
-        self.builder, self.hd_decode, self.max_context = builder, hd_decode, max_context
-        self.runner: ModelRunner = scheduler.runner
-        self.template = builder.template
-        self._finalizer = weakref.finalize(self, scheduler.close)  # the scheduler thread ends with the engine
+    def __init__(self, loaded, loop: EngineLoop, options: EngineOptions, max_context: int):
+        self.cfg, self.tokenizer, self.model, self.builder = loaded.cfg, loaded.tokenizer, loaded.model, loaded.builder
+        self.loop, self.options, self.max_context = loop, options, max_context
+        self.scheduler, self.runner = loop.scheduler, loop.runner
+        self.template = self.builder.template
+        self._finalizer = weakref.finalize(self, loop.close)  # the loop's thread ends with the engine
 
     @classmethod
-    def from_pretrained(
-        cls,
-        path: str | Path,
-        device: Any = None,
-        dtype: Any = None,
-        *,
-        backend: str = "auto",
-        hd_decode: str = "natural",
-        max_context: int | None = None,
-        progress: bool | None = None,
-        cuda_graphs: bool = True,
-        preprocess: str = "auto",
-        max_batch: int | None = None,
-        max_queue: int = 1024,
-        max_tiles: int | None = None,
-        kv_cache_memory: int | None = None,
-        kv_page_size: int | None = None,
-        prefill_chunk: int | None = None,
-        prefix_caching: bool = True,
-    ) -> Engine:
-        """Loads a HoVLE / HoVLE-HD checkpoint folder (config.json, tokenizer files, safetensors shards).
+    def from_pretrained(cls, path: str | Path, device: Any = None, dtype: Any = None, **options) -> Engine:
+        """Loads a checkpoint folder (config.json, tokenizer files, weights) of any family the engine runs.
 
-        Every option is checked before any weight is read. See the README for what each one does."""
-        device, dtype = resolve_device_dtype(device, dtype)
-        if preprocess not in PREPROCESS_PATHS:
-            raise InputError(f"preprocess {preprocess!r} is not supported; choose one of {PREPROCESS_PATHS}")
-        if hd_decode not in HD_DECODE_MODES:
-            raise InputError(f"hd_decode {hd_decode!r} is not supported; choose one of {HD_DECODE_MODES}")
-        for name, value in (("max_context", max_context), ("max_batch", max_batch), ("max_queue", max_queue),
-                            ("max_tiles", max_tiles), ("kv_cache_memory", kv_cache_memory),
-                            ("kv_page_size", kv_page_size), ("prefill_chunk", prefill_chunk)):  # fmt: skip
-            positive_int(name, value)
-        if max_tiles is not None and max_tiles > MAX_TILES_CAP:
-            raise InputError(f"max_tiles = {max_tiles}; the hard cap is {MAX_TILES_CAP} tiles per image")
-        if max_context is not None and max_context < 2:
-            raise InputError(f"max_context = {max_context!r}; expected an integer >= 2")
-        if max_batch is not None and max_batch > BUCKETS[-1]:
-            raise InputError(f"max_batch = {max_batch}; at most {BUCKETS[-1]} sequences decode at once")
-        kv_cache_cap()  # a bad HOVLE_KV_CACHE_CAP is reported before loading
+        Options (hovle/options.py's EngineOptions; the README says what each does): backend, hd_decode,
+        max_context, progress, cuda_graphs, preprocess, max_batch, max_queue, max_tiles, kv_cache_memory,
+        kv_page_size, prefill_chunk, prefix_caching. Every option is checked before any weight is read."""
+        unknown = sorted(set(options) - {f.name for f in dataclasses.fields(EngineOptions)})
+        if unknown:
+            raise InputError(f"unknown engine option(s) {unknown}; expected some of "
+                             f"{[f.name for f in dataclasses.fields(EngineOptions)]}")  # fmt: skip
+        opts = EngineOptions(device=device, dtype=dtype, **options).checked()
         try:
-            ops = get_ops(backend, device.type)
+            ops = get_ops(opts.backend, opts.device.type)
         except ValueError as exc:
             raise InputError(str(exc)) from exc
-        cfg = HoVLEConfig.from_dir(path)
-        tokenizer = Tokenizer.from_dir(path)
-        template = get_template(cfg.template)
-        check_tokenizer(cfg, tokenizer, template)
-        model = HoVLEModel(cfg, load_weights(path, cfg, dtype=dtype, device=device, progress=progress), ops)
-        sizing = Sizing(cfg, model, ops, max_context, max_batch, kv_cache_memory, kv_page_size, hd_decode)
-        runner = ModelRunner(model, max_batch=sizing.max_batch, num_pages=sizing.num_pages, page=sizing.page,
-                             max_pages=sizing.max_pages, cuda_graphs=bool(cuda_graphs), quirk=sizing.quirk,
-                             vocab_limit=tokenizer.vocab_size if tokenizer.vocab_size < cfg.llm.vocab_size else None)
-        runner.step.capture_all(sizing.max_batch)  # CUDA graphs of the common decode mode, before any request
-        chunk = prefill_chunk or (4096 if device.type == "cuda" else 2048)
-        scheduler = Scheduler(runner, tokenizer, max_batch=sizing.max_batch, max_queue=max_queue,
-                              prefill_chunk=chunk, idle_chunk=prefill_chunk or IDLE_CHUNK,
-                              prefix_caching=bool(prefix_caching))  # fmt: skip
-        builder = RequestBuilder(cfg, tokenizer, template, max_tiles or max(cfg.max_dynamic_patch, 1))
-        builder.preprocess = preprocess  # "auto": the native C++ image path when it is built, else PIL
-        return cls(cfg, tokenizer, model, scheduler, builder, hd_decode, sizing.max_context)
+        path = Path(path).expanduser()
+        loaded = family_for(path).load(path, opts, ops, opts.device, opts.dtype)
+        return cls(loaded, *_runtime(loaded, opts, ops))
 
     def close(self) -> None:
-        """Stops the scheduler thread (requests still running fail with EngineClosed) and frees the device memory
+        """Stops the engine's thread (requests still running fail with EngineClosed) and frees the device memory
         (KV caches, CUDA graphs) at once."""
         self._finalizer()
 
@@ -140,19 +114,19 @@ class Engine:
         self.close()
 
     # ---- requests -----------------------------------------------------------------------------------------
-    def prepare(self, messages: list[dict], images: list | None = None, max_num: int | None = None) -> Request:
+    def prepare(self, messages: list[dict], images: list | None = None, max_num: int | None = None):
         """Chat messages (+ images for their `<image>` placeholders, in order) -> token ids and tiles."""
         return self.builder.build(messages, list(images or []), max_num)
 
-    def _budget(self, req: Request, params: SamplingParams) -> int:
-        n = len(req.ids_llm)
+    def _budget(self, req, params: SamplingParams) -> int:
+        stacks = range(len(self.model.stacks))
+        n = len(req.stack_ids(stacks[-1]))
         if n >= self.max_context:
             raise InputError(
-                f"the prompt has {n} tokens ({sum(req.tiles)} image tiles of {self.cfg.tokens_per_tile} tokens "
-                f"included) but the context is {self.max_context} tokens; use fewer tiles (max_num) or a shorter "
-                "prompt, or raise max_context"
+                f"the prompt has {n} tokens ({sum(req.tiles)} image tiles included) but the context is "
+                f"{self.max_context} tokens; use fewer tiles (max_num) or a shorter prompt, or raise max_context"
             )
-        room = min(self.max_context - n, self.runner.capacity[0] - len(req.ids_emb), self.runner.capacity[1] - n)
+        room = min([self.max_context - n] + [self.runner.capacity[k] - len(req.stack_ids(k)) for k in stacks])
         return max(1, min(params.max_new_tokens, room))
 
     # ---- generation ---------------------------------------------------------------------------------------
@@ -181,80 +155,106 @@ class Engine:
         imgs = split_images(images, True, 1)[0]
         return self._run([self.builder.build(messages, imgs, max_num)], True, stream, sampling)
 
-    def prompt_logits(self, messages: list[dict] | Request, images: Any = None, max_num: int | None = None):
+    def prompt_logits(self, messages, images: Any = None, max_num: int | None = None):
         """The fp32 logits (T, V) at every position of the prompt (scoring; no token is generated). `messages`
-        may also be a Request from `prepare` (e.g. with ids appended: the logits of a continuation)."""
-        if isinstance(messages, Request):
-            req = messages
-        else:
+        may also be a request from `prepare` (e.g. with ids appended: the logits of a continuation)."""
+        if isinstance(messages, list):
             req = self.builder.build(messages, split_images(images, True, 1)[0], max_num)
+        else:
+            req = messages
         self._budget(req, SamplingParams())
         events: queue.SimpleQueue = queue.SimpleQueue()
-        seq = Sequence(req, SamplingParams(max_new_tokens=1), 1, events, all_logits=True)
-        self.scheduler.submit([seq])
-        _, kind, payload = events.get()
-        if kind == "error":
-            raise payload
+        seq = Sequence(req, SamplingParams(max_new_tokens=1), 1, events, len(self.model.stacks), all_logits=True)
+        self.loop.submit([seq])
+        event = events.get()
+        if isinstance(event, Failed):
+            raise event.error
         return torch.cat(seq.logits)
 
     def stats(self) -> dict:
-        """Scheduler counters, queue and cache occupancy, and which decode path ran (graph replays vs eager)."""
-        s, sched = self.scheduler.stats, self.scheduler
-        pools = sched.pages.pools
+        """Scheduler counters, queue and cache occupancy (per KV stack), and which decode path ran (graph replays
+        vs eager steps)."""
+        s, sched, step = self.scheduler.stats, self.scheduler, self.runner.step
+        used, total = sched.pages.usage()
         return {
             "waiting": len(sched.waiting), "prefilling": len(sched.prefilling), "running": len(sched.running),
             "requests_finished": s.requests_finished, "requests_failed": s.requests_failed,
             "requests_cancelled": s.requests_cancelled, "generated_tokens": s.generated_tokens,
             "prefill_tokens": s.prefill_tokens, "prefix_hit_tokens": s.prefix_hit_tokens,
             "prefix_hit_requests": s.prefix_hit_requests, "preemptions": s.preemptions,
-            "decode_steps": s.decode_steps, "graph_replays": self.runner.step.replays,
-            "eager_steps": self.runner.step.eager_steps,
-            "kv_pages_used": (pools[0].num_used, pools[1].num_used),
-            "kv_pages_total": (pools[0].num_blocks - 1, pools[1].num_blocks - 1),
+            "decode_steps": s.decode_steps, "graph_replays": step.replays, "eager_steps": step.eager_steps,
+            "kv_pages_used": used, "kv_pages_total": total, "kv_stacks": tuple(k.name for k in self.model.stacks),
+            "free_rows": len(sched.free_rows),
         }  # fmt: skip
 
-    def submit(self, requests: list[Request], params: SamplingParams, events, stream: bool = False) -> list:
-        """Hands requests to the scheduler; it puts (index, kind, payload) on `events` (anything with `put`):
-        ("token", (id, text delta)), then ("done", finish reason) or ("error", exception). For servers."""
+    def latency(self) -> dict:
+        """The latency histograms: "ttft" (submission to first token) and "tpot" (between a sequence's tokens)."""
+        return {"ttft": self.scheduler.stats.ttft, "tpot": self.scheduler.stats.tpot}
+
+    def submit(self, requests: list, params: SamplingParams, events, stream: bool = False) -> list[Handle]:
+        """Hands requests (from `prepare`) to the engine's loop; it puts hovle.runtime.output events on `events`
+        (anything with `put`): Token(index, token, text delta) as tokens come, then Done(index, reason) or
+        Failed(index, error). Returns a Handle per request (cancel, result). For servers."""
         budgets = [self._budget(r, params) for r in requests]
-        seqs = [Sequence(r, params, b, events, index=i, stream=stream)
-                for i, (r, b) in enumerate(zip(requests, budgets))]  # fmt: skip
-        self.scheduler.submit(seqs)
-        return seqs
-
-    def cancel(self, seqs: list) -> None:
-        """Cancels submitted requests: their pages and rows are freed at the next step."""
-        self.scheduler.cancel(seqs)
-
-    def _run(self, requests: list[Request], single: bool, stream: bool, sampling: dict):
-        params = SamplingParams.build(**sampling)
         start = time.perf_counter() - max((r.preprocess_s for r in requests), default=0.0)
+        seqs = [Sequence(r, params, b, events, len(self.model.stacks), index=i, stream=stream)
+                for i, (r, b) in enumerate(zip(requests, budgets))]  # fmt: skip
+        self.loop.submit(seqs)
+        return [Handle(seq, self.loop, start) for seq in seqs]
+
+    def cancel(self, handles: list[Handle]) -> None:
+        """Cancels submitted requests: their pages and rows are freed at the next step."""
+        for handle in handles:
+            handle.cancel()
+
+    def _run(self, requests: list, single: bool, stream: bool, sampling: dict):
+        params = SamplingParams.build(**sampling)
         events: queue.SimpleQueue = queue.SimpleQueue()
-        seqs = self.submit(requests, params, events, stream)
-        results: list = [None] * len(seqs)
-        out = Stream(self._events(seqs, events, results, start), single, results)
+        handles = self.submit(requests, params, events, stream)
+        results: list = [None] * len(handles)
+        out = Stream(self._events(handles, events, results), single, results)
         if stream:
             return out
         for _ in out:
             pass
         return results[0] if single else results
 
-    def _events(self, seqs: list[Sequence], events: queue.SimpleQueue, results: list, start: float):
+    def _events(self, handles: list[Handle], events: queue.SimpleQueue, results: list):
         """Yields (index, text delta) while the requests run; fills `results` as they finish."""
-        pending = len(seqs)
+        pending = len(handles)
         try:
             while pending:
-                index, kind, payload = events.get()
-                if kind == "token" and payload[1]:
-                    yield index, payload[1]
-                elif kind == "done":
-                    results[index] = result_of(seqs[index], start)
+                event = events.get()
+                if isinstance(event, Token) and event.text:
+                    yield event.index, event.text
+                elif isinstance(event, Done):
+                    results[event.index] = handles[event.index].result()
                     pending -= 1
-                elif kind == "error":
-                    raise payload
+                elif isinstance(event, Failed):
+                    raise event.error
         finally:
             if pending:
-                self.scheduler.cancel(seqs)
+                self.cancel(handles)
+
+
+def _runtime(loaded, opts: EngineOptions, ops) -> tuple[EngineLoop, EngineOptions, int]:
+    """The runtime around a loaded model: sizing, runner (with its CUDA graphs captured), page tables, scheduler,
+    loop."""
+    model, tokenizer = loaded.model, loaded.tokenizer
+    sizing = Sizing(model, ops, opts.max_context, opts.max_batch, opts.kv_cache_memory, opts.kv_page_size)
+    runner = ModelRunner(model, max_batch=sizing.max_batch, num_pages=sizing.num_pages, page_size=sizing.page_size,
+                         max_pages=sizing.max_pages, cuda_graphs=opts.cuda_graphs,
+                         vocab_limit=tokenizer.vocab_size if tokenizer.vocab_size < model.vocab_size else None)
+    runner.step.capture_all(sizing.max_batch)  # CUDA graphs of the common decode mode, before any request
+    chunk = opts.prefill_chunk or (4096 if opts.device.type == "cuda" else 2048)
+    pages = PageTables(model.stacks, sizing.num_pages, sizing.page_size, opts.prefix_caching)
+    scheduler = Scheduler(pages, max_batch=sizing.max_batch, prefill_chunk=chunk,
+                          idle_chunk=opts.prefill_chunk or IDLE_CHUNK, eos_id=tokenizer.im_end_id,
+                          plan_prompt=model.plan_prompt,
+                          recomputable=all(s.grows_in_decode for s in model.stacks))  # fmt: skip
+    # an id the tokenizer lacks adds no text, never an error
+    loop = EngineLoop(scheduler, runner, lambda ids: tokenizer.decode(ids, unknown="skip"), opts.max_queue)
+    return loop, opts, sizing.max_context
 
 
 def result_of(seq: Sequence, start: float) -> GenerationResult:
@@ -263,5 +263,5 @@ def result_of(seq: Sequence, start: float) -> GenerationResult:
     t_first = seq.t_first or seq.t_done
     timing = Timings(req.preprocess_s, t_first - start, seq.t_done - t_first, max(len(seq.generated) - 1, 0),
                      seq.t_done - start)  # fmt: skip
-    return GenerationResult(seq.text.final_text(), seq.text.ids, len(req.ids_llm), seq.finish_reason, req.tiles,
-                            timing, seq.reused[1])  # fmt: skip
+    return GenerationResult(seq.text.final_text(), seq.text.ids, len(req.stack_ids(seq.stacks - 1)),
+                            seq.finish_reason, req.tiles, timing, seq.reused[-1])  # fmt: skip

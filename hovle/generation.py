@@ -1,23 +1,16 @@
-"""Generation-side bookkeeping: sampling parameters, per-sequence text state with stop strings, results.
+"""What a caller asks of a generation and gets back: sampling parameters (checked when built), results, timings.
 
-Text is always re-decoded from all generated ids (so byte-fallback pieces and the tokenizer's space clean-up come
-out exactly as a one-shot decode would) and a stream only releases text that can no longer change: the tail that a
-later token could still rewrite (clean-up rules, half a UTF-8 character, the start of a stop string, trailing
-spaces the final strip would drop) is held back until the sequence ends. So the concatenated stream always equals
-the final text.
+How generated ids become text, stop strings and events is hovle/runtime/output.py.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from .errors import InputError
-
-_HOLD_BACK = 8  # characters a later token can still rewrite: clean-up patterns are <= 4, a UTF-8 char <= 4
 
 
 @dataclass(frozen=True)
@@ -103,47 +96,3 @@ class GenerationResult:
     tiles: list[int]  # tiles per image, thumbnail included
     timings: Timings = field(default_factory=Timings)
     cached_tokens: int = 0  # prompt tokens (LLM sequence) whose KV came from cached prefix pages
-
-
-class SequenceText:
-    """Generated ids of one sequence and the text a stream may already show."""
-
-    def __init__(self, decode: Callable[[list[int]], str], stops: tuple[str, ...]):
-        self.decode, self.stops = decode, stops
-        self.ids: list[int] = []
-        self.emitted = ""
-        self.stopped_text: str | None = None
-        self.hold = max([_HOLD_BACK] + [len(s) for s in stops])
-        self._decoded = (-1, "")  # (number of ids, their text): the stop check and the stream share one decode
-
-    def _text(self) -> str:
-        if self._decoded[0] != len(self.ids):
-            self._decoded = (len(self.ids), self.decode(self.ids).lstrip())
-        return self._decoded[1]
-
-    def add(self, token: int) -> bool:
-        """Appends a token; returns True when a stop string has appeared (the text is then final)."""
-        self.ids.append(token)
-        if not self.stops:
-            return False
-        text = self._text()
-        cut = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
-            self.stopped_text = text[:cut].rstrip()
-        return cut >= 0
-
-    def delta(self, final: bool) -> str:
-        """Text not yet emitted that is safe to show now (all of it once final)."""
-        if final:
-            text = self.final_text()
-        else:
-            text = self._text()
-            text = text[: max(0, len(text.rstrip()) - self.hold)].rstrip()
-        if len(text) <= len(self.emitted):
-            return ""
-        assert text.startswith(self.emitted), "streamed text diverged from the decoded text"
-        new, self.emitted = text[len(self.emitted) :], text
-        return new
-
-    def final_text(self) -> str:
-        return self.stopped_text if self.stopped_text is not None else self._text().rstrip()

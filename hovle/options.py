@@ -1,21 +1,75 @@
-"""The engine's options checked before anything is loaded: device and dtype, counts, the tokenizer against the
-config and the template."""
+"""The engine's options: one object, checked in one place before anything is loaded (Engine.from_pretrained, the
+CLI and the server all build it). Each bad value raises InputError naming the option, the value and what is
+expected.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from .errors import InputError, TokenizerError
-from .loaders.config import HoVLEConfig
-from .loaders.tokenizer import Tokenizer
+from .errors import InputError
+from .loaders.image import PREPROCESS_PATHS
 
 IDLE_CHUNK = 16384  # prefill positions per forward while nothing decodes (unless prefill_chunk is set)
+MAX_TILES_CAP = 128  # no option raises the per-image tile budget past this (32k LLM tokens per image)
+HD_DECODE_MODES = ("natural", "reference-quirk")
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
     "float16": torch.float16, "fp16": torch.float16,
 }  # fmt: skip
+_COUNTS = ("max_context", "max_batch", "max_queue", "max_tiles", "kv_cache_memory", "kv_page_size", "prefill_chunk")
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """What Engine.from_pretrained takes besides the model folder (the README lists what each one does)."""
+
+    device: Any = None
+    dtype: Any = None
+    backend: str = "auto"
+    hd_decode: str = "natural"
+    max_context: int | None = None
+    progress: bool | None = None
+    cuda_graphs: bool = True
+    preprocess: str = "auto"
+    max_batch: int | None = None
+    max_queue: int = 1024
+    max_tiles: int | None = None
+    kv_cache_memory: int | None = None
+    kv_page_size: int | None = None
+    prefill_chunk: int | None = None
+    prefix_caching: bool = True
+
+    def checked(self) -> EngineOptions:
+        """These options with device and dtype resolved to torch objects; InputError for the first bad value."""
+        from .runtime.decode import BUCKETS
+        from .runtime.sizing import kv_cache_cap
+
+        device, dtype = resolve_device_dtype(self.device, self.dtype)
+        _choice("preprocess", self.preprocess, PREPROCESS_PATHS)
+        _choice("hd_decode", self.hd_decode, HD_DECODE_MODES)
+        for name in _COUNTS:
+            positive_int(name, getattr(self, name), allow_none=name != "max_queue")
+        if self.max_tiles is not None and self.max_tiles > MAX_TILES_CAP:
+            raise InputError(f"max_tiles = {self.max_tiles}; the hard cap is {MAX_TILES_CAP} tiles per image")
+        if self.max_context is not None and self.max_context < 2:
+            raise InputError(f"max_context = {self.max_context!r}; expected an integer >= 2")
+        if self.max_batch is not None and self.max_batch > BUCKETS[-1]:
+            raise InputError(f"max_batch = {self.max_batch}; at most {BUCKETS[-1]} sequences decode at once")
+        for name in ("cuda_graphs", "prefix_caching"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"{name} = {getattr(self, name)!r}; expected True or False")
+        kv_cache_cap()  # a bad HOVLE_KV_CACHE_CAP is reported before loading
+        return dataclasses.replace(self, device=device, dtype=dtype)
+
+
+def _choice(name: str, value, allowed: tuple) -> None:
+    if value not in allowed:
+        raise InputError(f"{name} {value!r} is not supported; choose one of {allowed}")
 
 
 def resolve_device_dtype(device: Any, dtype: Any) -> tuple[torch.device, torch.dtype]:
@@ -43,16 +97,3 @@ def positive_int(name: str, value, allow_none: bool = True) -> None:
         return
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise InputError(f"{name} = {value!r}; expected a positive integer{' or None' if allow_none else ''}")
-
-
-
-def check_tokenizer(cfg: HoVLEConfig, tok: Tokenizer, template) -> None:
-    if tok.img_context_id != cfg.embedding.img_context_token_id:
-        raise TokenizerError(
-            f"tokenizer files give <IMG_CONTEXT> id {tok.img_context_id} but config.json says "
-            f"img_context_token_id {cfg.embedding.img_context_token_id}"
-        )
-    if tok.vocab_size > cfg.llm.vocab_size:
-        raise TokenizerError(f"tokenizer has {tok.vocab_size} ids but the model's vocabulary is {cfg.llm.vocab_size}")
-    for token in (template.start, template.sep):
-        tok.token_id(token)  # raises TokenizerError naming the missing control token

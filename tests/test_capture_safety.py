@@ -17,10 +17,10 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
+from hovle.families.hovle.config import HoVLEConfig
+from hovle.families.hovle.model import HoVLEModel
+from hovle.families.hovle.weights import load_weights
 from hovle.kernels import TORCH_OPS
-from hovle.loaders.config import HoVLEConfig
-from hovle.loaders.weights import load_weights
-from hovle.model.model import HoVLEModel
 from hovle.runtime.runner import ModelRunner
 from hovle.tooling.cases import make_checkpoint
 
@@ -89,9 +89,9 @@ def _moves_to_host(args, kwargs) -> bool:
 def _runner(path, quirk: bool, vocab_limit):
     cfg = HoVLEConfig.from_dir(path)
     weights = {k: v.to(DEVICE) for k, v in load_weights(path, cfg, dtype=torch.float32, device="cpu").items()}
-    model = HoVLEModel(cfg, weights, TORCH_OPS)
-    return ModelRunner(model, max_batch=4, num_pages=(16, 16), page=8, max_pages=(6, 6), cuda_graphs=False,
-                       quirk=quirk, vocab_limit=vocab_limit)  # fmt: skip
+    model = HoVLEModel(cfg, weights, TORCH_OPS, "reference-quirk" if quirk else "natural")
+    return ModelRunner(model, max_batch=4, num_pages=(16, 16), page_size=8, max_pages=(6, 6), cuda_graphs=False,
+                       vocab_limit=vocab_limit)  # fmt: skip
 
 
 def test_the_trap_catches_what_broke_capture():

@@ -22,14 +22,14 @@ def no_gc():
 
 
 def _cache_bytes(engine: Engine) -> int:
-    caches = (engine.runner.emb_cache, engine.runner.llm_cache)
+    caches = engine.runner.caches
     return sum(t.numel() * t.element_size() for c in caches for t in (c.k, c.v))
 
 
 def test_close_frees_the_kv_caches_at_once(no_gc):
     engine = Engine.from_pretrained(ensure_default_model("hovle"), device="cpu")
     assert engine.generate("What colour is the house?", max_new_tokens=2).finish_reason in ("stop", "length")
-    caches = [weakref.ref(t) for c in (engine.runner.emb_cache, engine.runner.llm_cache) for t in (c.k, c.v)]
+    caches = [weakref.ref(t) for c in engine.runner.caches for t in (c.k, c.v)]
     engine.close()
     assert all(ref() is None for ref in caches)
     assert engine.stats()["requests_finished"] == 1  # the counters stay readable
@@ -66,7 +66,7 @@ def test_the_test_cap_bounds_a_default_cache(monkeypatch):
         uncapped = _cache_bytes(engine)
     monkeypatch.setenv("HOVLE_KV_CACHE_CAP", str(uncapped // 8))
     with Engine.from_pretrained(path, device="cpu") as engine:
-        assert _cache_bytes(engine) <= uncapped // 8 + 2 * engine.runner.page * 4096  # + the scratch pages
+        assert _cache_bytes(engine) <= uncapped // 8 + 2 * engine.runner.page_size * 4096  # + the scratch pages
     monkeypatch.setenv("HOVLE_KV_CACHE_CAP", str(1 << 30))
     with Engine.from_pretrained(path, device="cpu", kv_cache_memory=uncapped // 4) as engine:
         assert _cache_bytes(engine) > uncapped // 8  # an explicit kv_cache_memory is the caller's: not capped

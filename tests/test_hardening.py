@@ -133,7 +133,7 @@ def test_errors_are_the_engines_own(engine):
 def _vocab_checkpoint(root, extra: int, name: str):
     """A checkpoint whose model vocabulary is the tokenizer's + `extra` rows, the extra rows of the output head
     scaled so that, unmasked, they would win every greedy step."""
-    from hovle.loaders.config import HoVLEConfig
+    from hovle.families.hovle.config import HoVLEConfig
     from hovle.tooling.cases import SMALL
     from hovle.tooling.checkpoint_writer import write_checkpoint
     from hovle.tooling.default_model import bundled_tokenizer, config_dict, random_tensors

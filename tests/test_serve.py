@@ -169,7 +169,7 @@ def test_malformed_bodies_and_missing_keys(url):
 
 
 def test_a_full_queue_answers_503(engine, client, monkeypatch):
-    monkeypatch.setattr(engine.scheduler, "max_queue", 0)
+    monkeypatch.setattr(engine.loop, "max_queue", 0)
     code, body = _status(lambda: _ask(client, "Hi."))
     assert code == 503 and "queue is full" in body["message"]
 
@@ -235,5 +235,5 @@ def test_load_with_cancellations(client, url, engine):
     assert engine.stats()["requests_cancelled"] > cancelled_before
     stats = engine.stats()
     assert stats["waiting"] == stats["prefilling"] == stats["running"] == 0
-    assert stats["kv_pages_used"] == (0, 0) and len(engine.scheduler._free_rows) == 16
+    assert stats["kv_pages_used"] == (0, 0) and len(engine.scheduler.free_rows) == 16
     assert httpx.get(url + "/health").status_code == 200

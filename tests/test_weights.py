@@ -12,16 +12,10 @@ import torch
 from safetensors.torch import save_file
 
 from hovle.errors import WeightsError
+from hovle.families.hovle.config import HoVLEConfig
+from hovle.families.hovle.weights import UNUSED_TENSORS, expected_tensors, load_weights, validate_checkpoint
 from hovle.loaders import weights
-from hovle.loaders.config import HoVLEConfig
-from hovle.loaders.weights import (
-    INDEX_FILE,
-    UNUSED_TENSORS,
-    checkpoint_files,
-    expected_tensors,
-    load_weights,
-    validate_checkpoint,
-)
+from hovle.loaders.weights import INDEX_FILE, checkpoint_files
 from hovle.tooling.checkpoint_writer import write_checkpoint
 
 SHARD_BYTES = 300_000  # the tiny model is ~1 MB of F32, so this gives >= 3 shards

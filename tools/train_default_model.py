@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from hovle import Engine
-from hovle.loaders.config import HoVLEConfig
+from hovle.families.hovle.config import HoVLEConfig
 from hovle.reference.model import load_tensors
 from hovle.tooling.checkpoint_writer import write_checkpoint
 from hovle.tooling.default_model import VARIANTS, config_dict, tokenizer_files, write_default_model

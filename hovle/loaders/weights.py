@@ -1,8 +1,9 @@
-"""Checkpoint loading: the released tensor layout (spec §5), strict header validation, streaming load.
+"""Safetensors checkpoints: strict header validation against a family's expected layout, streaming load.
 
-Every shard header (8-byte little-endian length, then JSON) is checked against the layout derived from config.json
-before any tensor byte is read, so a truncated last shard fails at once, not after gigabytes of reads. Loading goes
-shard by shard through memory-mapped `safe_open`, one tensor at a time: two full copies of the model never coexist.
+Every shard header (8-byte little-endian length, then JSON) is checked against the layout the model family derives
+from config.json (names and shapes: hovle/families/<family>/weights.py) before any tensor byte is read, so a
+truncated last shard fails at once, not after gigabytes of reads. Loading goes shard by shard through memory-mapped
+`safe_open`, one tensor at a time: two full copies of the model never coexist.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from safetensors import safe_open
 
 from ..errors import WeightsError
 from ..progress import ProgressBar
-from .config import HoVLEConfig, StackConfig
 from .json_file import read_json
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -27,11 +27,6 @@ SINGLE_FILE = "model.safetensors"
 ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2}
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own cap; the real shards' headers are a few kB
 PROGRESS_AUTO_BYTES = 1 << 30
-# Present in the release and validated, but never read: CLS is unused at inference (§2.1) and the multimodal
-# path embeds text with embedding_model.llm_text_embeddings, not the LLM's own table (§2.3).
-UNUSED_TENSORS = frozenset(
-    {"embedding_model.vision_embeddings.class_embedding", "language_model.model.tok_embeddings.weight"}
-)
 _SHOWN = 10  # names listed in one error message before "... and N more"
 
 
@@ -49,45 +44,6 @@ class TensorInfo:
     @property
     def nbytes(self) -> int:
         return self.end - self.begin
-
-
-def _layer_shapes(prefix: str, s: StackConfig) -> dict[str, tuple[int, ...]]:
-    c, i = s.hidden_size, s.intermediate_size
-    per_layer = {
-        "attention.wqkv.weight": (s.qkv_size, c),  # (H + 2*Hkv) * D rows, grouped per kv head (§4.2)
-        "attention.wo.weight": (c, s.num_heads * s.head_dim),
-        "feed_forward.w1.weight": (i, c),
-        "feed_forward.w3.weight": (i, c),
-        "feed_forward.w2.weight": (c, i),
-        "attention_norm.weight": (c,),
-        "ffn_norm.weight": (c,),
-    }
-    return {f"{prefix}.{n}.{key}": shape for n in range(s.num_layers) for key, shape in per_layer.items()}
-
-
-def expected_tensors(cfg: HoVLEConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor name of the released checkpoint with its shape, derived from the config (spec §5.2)."""
-    e, llm = cfg.embedding, cfg.llm
-    c, p, c_llm, v = e.stack.hidden_size, e.patch_size, llm.stack.hidden_size, llm.vocab_size
-    grid = e.image_size // p  # position table is trained for image_size, whatever force_image_size says
-    merged = round(c / e.downsample_ratio**2)  # the pixel shuffle folds (1/ratio)^2 patches into channels
-    vis = "embedding_model.vision_embeddings."
-    return {
-        vis + "patch_embedding.weight": (c, e.num_channels, p, p),
-        vis + "patch_embedding.bias": (c,),
-        vis + "position_embedding": (1, grid * grid + 1, c),
-        vis + "class_embedding": (1, 1, c),
-        "embedding_model.llm_text_embeddings.weight": (e.llm_vocab_size, c),
-        **_layer_shapes("embedding_model.encoder", e.stack),
-        "embedding_model.pixel_shuffle_proj.0.weight": (c_llm, merged),
-        "embedding_model.pixel_shuffle_proj.0.bias": (c_llm,),
-        "embedding_model.pixel_shuffle_proj.2.weight": (c_llm, c_llm),
-        "embedding_model.pixel_shuffle_proj.2.bias": (c_llm,),
-        "language_model.model.tok_embeddings.weight": (v, c_llm),
-        **_layer_shapes("language_model.model.layers", llm.stack),
-        "language_model.model.norm.weight": (c_llm,),
-        "language_model.output.weight": (v, c_llm),
-    }
 
 
 def _read_index(index: Path) -> dict[str, Path]:
@@ -215,8 +171,8 @@ def _check_names(found: dict[str, TensorInfo], expected: dict[str, tuple[int, ..
         raise WeightsError(f"{len(wrong)} tensor(s) with the wrong shape: {_listing(wrong)}")
 
 
-def validate_checkpoint(path: str | Path, cfg: HoVLEConfig) -> dict[str, TensorInfo]:
-    """Check every shard header and the name/shape set against `cfg`; reads no tensor data."""
+def validate_checkpoint(path: str | Path, expected: dict[str, tuple[int, ...]]) -> dict[str, TensorInfo]:
+    """Check every shard header and the name/shape set against `expected`; reads no tensor data."""
     files, weight_map = _locate(path)
     found: dict[str, TensorInfo] = {}
     for file in files:
@@ -226,7 +182,7 @@ def validate_checkpoint(path: str | Path, cfg: HoVLEConfig) -> dict[str, TensorI
             found[name] = info
     if weight_map is not None:
         _check_index(found, weight_map, Path(path) / INDEX_FILE)
-    _check_names(found, expected_tensors(cfg), files)
+    _check_names(found, expected, files)
     return found
 
 
@@ -264,13 +220,15 @@ def _finite(info: TensorInfo, t: torch.Tensor, dtype: torch.dtype) -> torch.Tens
 
 def load_weights(
     path: str | Path,
-    cfg: HoVLEConfig,
+    expected: dict[str, tuple[int, ...]],
+    unused: frozenset[str] = frozenset(),
     *,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     progress: bool | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Validate every shard, then read all tensors except UNUSED_TENSORS, cast to `dtype` on `device`.
+    """Validate every shard against `expected` (name -> shape), then read every tensor but the `unused` ones (checked
+    in the headers, never read), cast to `dtype` on `device`.
 
     progress: None shows a bar on stderr when more than 1 GiB is read and stderr is a TTY; True/False force it.
     With dtype float32 on the CPU the tensors stay zero-copy views of the shards' private (copy-on-write) mappings:
@@ -278,7 +236,7 @@ def load_weights(
     """
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"dtype={dtype!r}: expected a floating-point torch.dtype")
-    wanted = [info for info in validate_checkpoint(path, cfg).values() if info.name not in UNUSED_TENSORS]
+    wanted = [info for info in validate_checkpoint(path, expected).values() if info.name not in unused]
     total = sum(info.nbytes for info in wanted)
     show = progress if progress is not None else total > PROGRESS_AUTO_BYTES and sys.stderr.isatty()
     bar = ProgressBar(total) if show else None

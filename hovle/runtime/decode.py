@@ -20,7 +20,6 @@ import weakref
 import torch
 
 from ..errors import HoVLEError
-from ..model.layers import decode_batch
 
 BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
@@ -38,27 +37,21 @@ class DecodeStep:
         self.replays = 0
         self.eager_steps = 0
 
-    def forward(self, rows: torch.Tensor, uniform: torch.Tensor, max_kv: tuple[int, int], penalty: bool,
+    def forward(self, rows: torch.Tensor, uniform: torch.Tensor, max_kv: tuple[int, ...], penalty: bool,
                 greedy: bool) -> torch.Tensor:  # fmt: skip
         """The step itself (what gets captured): rows (B,) int64, uniform (B,) -> (2, B) int64 tokens and flags."""
         r = self.runner
         m = r.model
-        emb_pos, llm_pos = r.emb_pos[rows], r.llm_pos[rows]
-        if r.quirk:  # HoVLE-HD reference quirk: position N_hd - 1, the prompt's N_hd keys, nothing stored
-            hd = r.hd_len[rows]
-            emb = decode_batch(m.emb_rope, r.emb_tables[rows], hd - 1, hd, r.page, m.dtype, max_kv[0], store=False)
-        else:
-            emb = decode_batch(m.emb_rope, r.emb_tables[rows], emb_pos, emb_pos + 1, r.page, m.dtype, max_kv[0])
-        llm = decode_batch(m.llm_rope, r.llm_tables[rows], llm_pos, llm_pos + 1, r.page, m.dtype, max_kv[1])
-        logits = m.decode_step(r.tokens[rows], emb, llm, r.emb_cache, r.llm_cache)
+        positions = [pos[rows] for pos in r.positions]
+        logits = m.decode(r.tokens[rows], positions, [t[rows] for t in r.tables], r.caches, r.page_size, max_kv)
         out = r.select(logits, rows, uniform, penalty, greedy)
         pad = rows == r.scratch  # padding rows keep writing position 0 of the scratch page
-        if not r.quirk:
-            r.emb_pos.index_copy_(0, rows, torch.where(pad, 0, emb_pos + 1))
-        r.llm_pos.index_copy_(0, rows, torch.where(pad, 0, llm_pos + 1))
+        for k, stack in enumerate(m.stacks):
+            if stack.grows_in_decode:
+                r.positions[k].index_copy_(0, rows, torch.where(pad, 0, positions[k] + 1))
         return out
 
-    def __call__(self, rows: list[int], uniform: list[float], max_kv: tuple[int, int], penalty: bool,
+    def __call__(self, rows: list[int], uniform: list[float], max_kv: tuple[int, ...], penalty: bool,
                  greedy: bool) -> tuple[list[int], list[bool]]:  # fmt: skip
         """Advances `rows` by one token; returns their new tokens and non-finite flags (the one host sync)."""
         if self.graphs_on:

@@ -1,85 +1,92 @@
-"""The model runner: everything on the device. Both paged KV caches, the per-row decode state, prefill of prompt
-chunks, token selection and the decode step (hovle/runtime/decode.py, captured as CUDA graphs).
+"""The model runner: everything on the device. The KV caches of every stack, the per-row decode state, and the
+execution of the scheduler's plans: prompt chunks through the model (the family's packed prefill), token selection,
+and the decode step (runtime/decode.py, captured as CUDA graphs).
 
-Rows: up to `max_batch` sequences hold a row each while they are scheduled (their page tables, next positions,
-last token, sampling settings and repetition-penalty mask live in row-indexed device tensors); the last row is
-the scratch row that padding rows of a decode bucket point at (its page table is all scratch page). The scheduler
-decides which sequences run and which pages they own; the runner only executes.
+Rows: up to `max_batch` sequences hold a row each while they are scheduled (their page tables, next position in each
+stack, last token, sampling settings and repetition-penalty mask live in row-indexed device tensors); the last row
+is the scratch row that padding rows of a decode bucket point at (its page tables are all scratch page). The
+runner decides nothing: what runs, in which row, with which pages, is in the plan.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from ..generation import SamplingParams
-from ..model.layers import prefill_batch
-from ..model.model import HoVLEModel
 from .decode import DecodeStep
 from .kv_cache import SCRATCH_PAGE, PagedKVCache
 from .memory import fresh
-from .prefill import PromptPlan
-
-
-@dataclass
-class PrefillWork:
-    """Embedding positions [a, b) of one plan; its page lists cover them and the LLM tokens they make ready."""
-
-    plan: PromptPlan
-    a: int
-    b: int
-    emb_pages: list[int]
-    llm_pages: list[int]
+from .plan import DecodeOutput, DecodePlan, PrefillOutput, PrefillPlan, PrefillWork, TableWrite
 
 
 class ModelRunner:
-    def __init__(self, model: HoVLEModel, *, max_batch: int, num_pages: tuple[int, int], page: int,
-                 max_pages: tuple[int, int], cuda_graphs: bool, quirk: bool, vocab_limit: int | None):  # fmt: skip
-        self.model, self.page, self.quirk = model, page, quirk
-        e, m, dev = model.cfg.embedding.stack, model.cfg.llm.stack, model.device
-        self.emb_cache = PagedKVCache(e.num_layers, num_pages[0], page, e.num_kv_heads, e.head_dim, model.dtype, dev)
-        self.llm_cache = PagedKVCache(m.num_layers, num_pages[1], page, m.num_kv_heads, m.head_dim, model.dtype, dev)
-        self.max_pages = max_pages
+    def __init__(self, model, *, max_batch: int, num_pages: tuple[int, ...], page_size: int,
+                 max_pages: tuple[int, ...], cuda_graphs: bool, vocab_limit: int | None):  # fmt: skip
+        self.model, self.page_size, self.max_pages = model, page_size, max_pages
+        dev, n = model.device, max_batch + 1
+        self.caches = [PagedKVCache(s.num_layers, num_pages[k], page_size, s.num_kv_heads, s.head_dim, model.dtype,
+                                    dev) for k, s in enumerate(model.stacks)]  # fmt: skip
         self.scratch = max_batch
         self.vocab_limit = vocab_limit  # ids >= this cannot be decoded by the tokenizer: never selected
-        n = max_batch + 1
-        self.tokens, self.emb_pos, self.llm_pos, self.hd_len, self.top_k = (fresh((n,), torch.int64, dev)
-                                                                          for _ in range(5))  # fmt: skip
+        self.tokens, self.top_k = fresh((n,), torch.int64, dev), fresh((n,), torch.int64, dev)
+        self.positions = [fresh((n,), torch.int64, dev) for _ in model.stacks]  # next position per row and stack
         self.temperature, self.top_p, self.penalty = (fresh((n,), torch.float32, dev) for _ in range(3))
-        self.seen = fresh((n, model.cfg.llm.vocab_size), torch.bool, dev)
-        self.emb_tables = fresh((n, max_pages[0]), torch.int32, dev)
-        self.llm_tables = fresh((n, max_pages[1]), torch.int32, dev)
-        self.begin(self.scratch, 1, 0, SamplingParams(), [])
+        self.seen = fresh((n, model.vocab_size), torch.bool, dev)
+        self.tables = [fresh((n, m), torch.int32, dev) for m in max_pages]
+        self.begin(self.scratch, [1] + [0] * (len(model.stacks) - 1), SamplingParams(), [])
         self.tokens[self.scratch] = 0
-        self.emb_tables[self.scratch] = SCRATCH_PAGE
-        self.llm_tables[self.scratch] = SCRATCH_PAGE
+        for table in self.tables:
+            table[self.scratch] = SCRATCH_PAGE
         self.step = DecodeStep(self, cuda_graphs)
 
     def close(self) -> None:
-        """Frees the device memory at once: both KV caches, the penalty mask and the captured graphs (the runner
+        """Frees the device memory at once: the KV caches, the penalty mask and the captured graphs (the runner
         cannot run afterwards; the engine is closed)."""
         self.step.close()
-        self.emb_cache.free()
-        self.llm_cache.free()
+        for cache in self.caches:
+            cache.free()
         self.seen = None
 
     @property
-    def capacity(self) -> tuple[int, int]:
+    def capacity(self) -> tuple[int, ...]:
         """Most positions a sequence can hold in each stack (the page tables' width)."""
-        return self.max_pages[0] * self.page, self.max_pages[1] * self.page
+        return tuple(m * self.page_size for m in self.max_pages)
+
+    # ---- plans --------------------------------------------------------------------------------------------
+    def execute(self, plan: PrefillPlan | DecodePlan) -> PrefillOutput | DecodeOutput:
+        self.write_tables(plan.tables)
+        if isinstance(plan, DecodePlan):
+            tokens, bad = self.step([s.row for s in plan.seqs], plan.uniform, plan.max_kv, plan.penalty, plan.greedy)
+            return DecodeOutput(tokens, bad)
+        return self._prefill(plan)
+
+    def write_tables(self, writes: list[TableWrite]) -> None:
+        for w in writes:
+            self.tables[w.stack][w.row, w.first : w.first + len(w.pages)] = torch.tensor(w.pages, dtype=torch.int32)
+
+    def _prefill(self, plan: PrefillPlan) -> PrefillOutput:
+        """The chunks in one packed prefill; the prompts they finish begin their rows and get their first token."""
+        work = [PrefillWork(c.seq.plan, tuple(c.seq.kv_len), c.end, tuple(c.seq.pages)) for c in plan.chunks]
+        results = self.model.prefill(work, self.caches, self.page_size)
+        cached = [positions for positions, _ in results]
+        scores = [logits.cpu() if c.seq.all_logits and logits is not None else None
+                  for c, (_, logits) in zip(plan.chunks, results)]  # fmt: skip
+        ready = [(c, positions, logits) for c, (positions, logits) in zip(plan.chunks, results)
+                 if c.finishes and not c.seq.all_logits]  # fmt: skip
+        if not ready:
+            return PrefillOutput(cached, scores, [], [])
+        for c, positions, _ in ready:
+            seq = c.seq
+            self.begin(seq.row, positions, seq.params, seq.prompt_ids(len(positions) - 1) if seq.penalty else [])
+        tokens, bad = self.first_tokens(torch.cat([logits for *_, logits in ready]), [c.seq.row for c, *_ in ready],
+                                        [c.uniform for c, *_ in ready], plan.penalty, plan.greedy)  # fmt: skip
+        return PrefillOutput(cached, scores, tokens, bad)
 
     # ---- rows ---------------------------------------------------------------------------------------------
-    def set_pages(self, stack: str, row: int, first: int, pages: list[int]) -> None:
-        if pages:
-            table = self.emb_tables if stack == "emb" else self.llm_tables
-            table[row, first : first + len(pages)] = torch.tensor(pages, dtype=torch.int32)
-
-    def begin(self, row: int, emb_len: int, llm_len: int, params: SamplingParams, seen_ids: list[int]) -> None:
+    def begin(self, row: int, positions, params: SamplingParams, seen_ids: list[int]) -> None:
         """A sequence's row once its prompt is in the caches: next positions, sampling settings, penalty mask."""
-        self.emb_pos[row] = emb_len
-        self.hd_len[row] = emb_len
-        self.llm_pos[row] = llm_len
+        for k, pos in enumerate(positions):
+            self.positions[k][row] = pos
         self.temperature[row] = params.temperature
         self.top_k[row] = params.top_k
         self.top_p[row] = params.top_p
@@ -87,45 +94,6 @@ class ModelRunner:
         self.seen[row] = False
         if params.repetition_penalty != 1.0 and seen_ids:
             self.seen[row, torch.tensor(seen_ids, dtype=torch.int64)] = True
-
-    # ---- prefill ------------------------------------------------------------------------------------------
-    def prefill(self, work: list[PrefillWork]) -> list[torch.Tensor | None]:
-        """Runs the chunks through both stacks in two packed forwards. Returns per item the fp32 logits its
-        prompt produced: (1, V) of the last token when the prompt is complete, every row's for all_logits
-        plans, else None."""
-        m = self.model
-        x = torch.cat([w.plan.emb_inputs(w.a, w.b) for w in work])
-        batch = prefill_batch(m.emb_rope, [w.emb_pages for w in work], [w.a for w in work],
-                              [w.b - w.a for w in work], [len(w.plan.ids_emb) for w in work], self.page,
-                              m.dtype, m.device)  # fmt: skip
-        h = m.emb_forward(x, batch, self.emb_cache)
-        parts, offset = [], 0
-        for i, w in enumerate(work):
-            l0, l1, inputs = w.plan.take_emb_outputs(w.a, w.b, h[offset : offset + w.b - w.a])
-            offset += w.b - w.a
-            if inputs is not None:
-                parts.append((i, l0, l1, inputs))
-        out: list[torch.Tensor | None] = [None] * len(work)
-        if parts:
-            self._llm_prefill(work, parts, out)
-        return out
-
-    def _llm_prefill(self, work, parts, out) -> None:
-        m = self.model
-        plans = [work[i].plan for i, *_ in parts]
-        batch = prefill_batch(m.llm_rope, [work[i].llm_pages for i, *_ in parts], [l0 for _, l0, _, _ in parts],
-                              [l1 - l0 for _, l0, l1, _ in parts], [len(p.ids_llm) for p in plans], self.page,
-                              m.dtype, m.device)  # fmt: skip
-        hidden = m.llm_forward(torch.cat([x for *_, x in parts]), batch, self.llm_cache)
-        offset = 0
-        for (i, l0, l1, _), plan in zip(parts, plans):
-            plan.llm_done = l1
-            rows = hidden[offset : offset + l1 - l0]
-            offset += l1 - l0
-            if plan.all_logits:
-                out[i] = m.logits(rows)
-            elif plan.finished:
-                out[i] = m.logits(rows[-1:])
 
     # ---- token selection ----------------------------------------------------------------------------------
     def select(self, logits: torch.Tensor, rows: torch.Tensor, uniform: torch.Tensor, penalty: bool,

@@ -1,17 +1,16 @@
-"""A request inside the scheduler: its ids, pages, progress, generated tokens, text and events."""
+"""A request inside the runtime: its ids, pages, progress, generated tokens, text and events."""
 
 from __future__ import annotations
 
 import itertools
-import queue
 import time
 from dataclasses import dataclass, field
 from enum import Enum
 
 import torch
 
-from ..generation import SamplingParams, SequenceText
-from ..request import Request
+from ..generation import SamplingParams
+from .output import SequenceText
 
 _ids = itertools.count()
 
@@ -25,10 +24,11 @@ class Status(Enum):
 
 @dataclass(eq=False)
 class Sequence:
-    request: Request
+    request: object  # the family's request: stack_ids(k), stack_spans(k), image_keys, pixel_values, tiles
     params: SamplingParams
     budget: int  # most new tokens (max_new_tokens clamped to the context)
-    events: queue.SimpleQueue  # (index, kind, payload) for the caller
+    events: object  # anything with put(event): the caller's queue (hovle/runtime/output.py's events)
+    stacks: int = 2  # KV stacks of the model
     index: int = 0  # position in the caller's batch
     stream: bool = False
     all_logits: bool = False  # a scoring request: the prompt's logits, no generation
@@ -36,15 +36,10 @@ class Sequence:
     id: int = field(default_factory=lambda: next(_ids))
     status: Status = Status.WAITING
     row: int | None = None
-    pages: tuple[list[int], list[int]] = field(default_factory=lambda: ([], []))  # (embedding, LLM) page ids
-    hashes: tuple[list[bytes], list[bytes]] = field(default_factory=lambda: ([], []))  # of their full pages
-    kv_len: list[int] = field(default_factory=lambda: [0, 0])  # positions stored per stack
-    generated: list[int] = field(default_factory=list)
-    plan: object = None  # PromptPlan while prefilling
+    plan: object = None  # the family's prompt plan while prefilling
     cancelled: bool = False
     generator: torch.Generator | None = None
-    reused: tuple[int, int] = (0, 0)  # prompt positions taken from cached pages (embedding, LLM)
-    prefilled: int = 0  # LLM positions this request computed in prefill (its last admission)
+    prefilled: int = 0  # token-stack positions this request computed in prefill (its last admission)
     preempted: int = 0
     t_submit: float = field(default_factory=time.perf_counter)
     t_first: float | None = None
@@ -52,12 +47,19 @@ class Sequence:
     t_done: float | None = None
     finish_reason: str | None = None
     logits: list[torch.Tensor] = field(default_factory=list)
+    generated: list[int] = field(default_factory=list)
+
+    def __post_init__(self):
+        n = self.stacks
+        self.pages: list[list[int]] = [[] for _ in range(n)]  # page ids per stack
+        self.hashes: list[list[bytes]] = [[] for _ in range(n)]  # of their full pages
+        self.kv_len: list[int] = [0] * n  # positions stored per stack: the prefill's progress, then decoding's
+        self.reused: tuple[int, ...] = (0,) * n  # prompt positions taken from cached pages
 
     def prompt_ids(self, stack: int) -> list[int]:
-        """What a (re)prefill puts through the stack (0: embedding module, 1: LLM): the prompt, and after a
-        preemption the tokens generated so far too (their positions follow the prompt in both stacks)."""
-        base = self.request.ids_emb if stack == 0 else self.request.ids_llm
-        return base + self.generated
+        """What a (re)prefill puts through the stack: the prompt, and after a preemption the tokens generated so
+        far too (their positions follow the prompt in every stack)."""
+        return self.request.stack_ids(stack) + self.generated
 
     def stored_ids(self, stack: int) -> list[int]:
         """Token ids of the positions whose keys the stack's pages hold."""

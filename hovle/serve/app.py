@@ -23,9 +23,10 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from ..engine import Engine
+from ..engine import Engine, Handle
 from ..errors import EngineClosed, HoVLEError, Overloaded
-from ..generation import SamplingParams
+from ..generation import GenerationResult, SamplingParams
+from ..runtime.output import Done, Failed, Token
 from .metrics import EngineCollector
 from .protocol import ApiError, ChatRequest, input_error, to_engine
 
@@ -96,13 +97,13 @@ def build_app(engine: Engine, config: ServerConfig) -> FastAPI:
     async def chat(request: Request):
         authorize(request)
         body = await _parse(request, config)
-        seq, events = await _submit(engine, body, config)
+        handle, events = await _submit(engine, body, config)
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": rid, "created": created, "model": config.model_name}
         if body.stream:
             usage = body.stream_options is not None and body.stream_options.include_usage
-            return StreamingResponse(_sse(engine, seq, events, head, usage), media_type="text/event-stream")
-        return await _complete(engine, request, seq, events, head)
+            return StreamingResponse(_sse(handle, events, head, usage), media_type="text/event-stream")
+        return await _complete(request, handle, events, head)
 
     return app
 
@@ -125,45 +126,46 @@ async def _parse(request: Request, config: ServerConfig) -> ChatRequest:
 async def _submit(engine: Engine, body: ChatRequest, config: ServerConfig):
     def prepare():  # base64 decoding, file checks, tiling: in a worker thread, off the event loop
         messages, images = to_engine(body, config.max_images, config.max_image_bytes, config.media_root)
-        return engine.builder.build(messages, images, body.max_dynamic_patch)
+        return engine.prepare(messages, images, body.max_dynamic_patch)
 
     events = _Events(asyncio.get_running_loop())
     try:
         req = await run_in_threadpool(prepare)
         params = SamplingParams.build(**body.sampling(UNBOUNDED))
-        [seq] = engine.submit([req], params, events, stream=body.stream)
+        [handle] = engine.submit([req], params, events, stream=body.stream)
     except (Overloaded, EngineClosed) as exc:
         raise ApiError(503, str(exc), "overloaded_error") from None
     except HoVLEError as exc:
         raise input_error(exc) from None
-    return seq, events
+    return handle, events
 
 
 def _finish(reason: str) -> str:
     return "length" if reason == "length" else "stop"
 
 
-def _usage(seq) -> dict:
-    prompt, completion = len(seq.request.ids_llm), len(seq.text.ids)
+def _usage(result: GenerationResult) -> dict:
+    prompt, completion = result.prompt_tokens, len(result.token_ids)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-async def _complete(engine: Engine, request: Request, seq, events: _Events, head: dict):
-    """Waits for the answer; a client that goes away meanwhile cancels its sequence."""
+async def _complete(request: Request, handle: Handle, events: _Events, head: dict):
+    """Waits for the answer; a client that goes away meanwhile cancels its request."""
     while True:
         try:
-            _, kind, payload = await asyncio.wait_for(events.queue.get(), timeout=0.5)
+            event = await asyncio.wait_for(events.queue.get(), timeout=0.5)
         except asyncio.TimeoutError:
             if await request.is_disconnected():
-                engine.cancel([seq])
+                handle.cancel()
                 return PlainTextResponse("", status_code=499)
             continue
-        if kind == "error":
-            raise input_error(payload)
-        if kind == "done":
-            message = {"role": "assistant", "content": seq.text.final_text()}
-            choice = {"index": 0, "message": message, "finish_reason": _finish(payload), "logprobs": None}
-            return {**head, "object": "chat.completion", "choices": [choice], "usage": _usage(seq)}
+        if isinstance(event, Failed):
+            raise input_error(event.error)
+        if isinstance(event, Done):
+            result = handle.result()
+            message = {"role": "assistant", "content": result.text}
+            choice = {"index": 0, "message": message, "finish_reason": _finish(event.reason), "logprobs": None}
+            return {**head, "object": "chat.completion", "choices": [choice], "usage": _usage(result)}
 
 
 def _chunk(head: dict, delta: dict, finish: str | None = None, **extra) -> str:
@@ -171,29 +173,29 @@ def _chunk(head: dict, delta: dict, finish: str | None = None, **extra) -> str:
     return f"data: {json.dumps({**head, 'object': 'chat.completion.chunk', 'choices': [choice], **extra})}\n\n"
 
 
-async def _sse(engine: Engine, seq, events: _Events, head: dict, include_usage: bool):
+async def _sse(handle: Handle, events: _Events, head: dict, include_usage: bool):
     """Server-sent events: the role, the text deltas, the finish reason, [usage], then [DONE]. Closing the
-    connection early (the client left) cancels the sequence."""
+    connection early (the client left) cancels the request."""
     done = False
     try:
         yield _chunk(head, {"role": "assistant", "content": ""})
         while not done:
-            _, kind, payload = await events.queue.get()
-            if kind == "token" and payload[1]:
-                yield _chunk(head, {"content": payload[1]})
-            elif kind == "done":
+            event = await events.queue.get()
+            if isinstance(event, Token) and event.text:
+                yield _chunk(head, {"content": event.text})
+            elif isinstance(event, Done):
                 done = True
-                yield _chunk(head, {}, _finish(payload))
+                yield _chunk(head, {}, _finish(event.reason))
                 if include_usage:
-                    body = {**head, "object": "chat.completion.chunk", "choices": [], "usage": _usage(seq)}
+                    body = {**head, "object": "chat.completion.chunk", "choices": [], "usage": _usage(handle.result())}
                     yield f"data: {json.dumps(body)}\n\n"
-            elif kind == "error":
+            elif isinstance(event, Failed):
                 done = True
-                yield f"data: {json.dumps(input_error(payload).body())}\n\n"
+                yield f"data: {json.dumps(input_error(event.error).body())}\n\n"
         yield "data: [DONE]\n\n"
     finally:
         if not done:
-            engine.cancel([seq])
+            handle.cancel()
 
 
 @contextlib.contextmanager

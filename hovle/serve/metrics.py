@@ -42,12 +42,12 @@ class EngineCollector:
         for name, doc in counters.items():
             yield CounterMetricFamily(f"hovle_{name}", doc, value=s[name])
         usage = GaugeMetricFamily("hovle_kv_cache_usage_ratio", "fraction of KV pages in use", labels=["stack"])
-        for stack, used, total in zip(("embedding", "llm"), s["kv_pages_used"], s["kv_pages_total"]):
+        for stack, used, total in zip(s["kv_stacks"], s["kv_pages_used"], s["kv_pages_total"]):
             usage.add_metric([stack], used / total)
         yield usage
-        stats = self.engine.scheduler.stats
-        yield _histogram("hovle_time_to_first_token_seconds", "time from submission to the first token", stats.ttft)
-        yield _histogram("hovle_time_per_output_token_seconds", "time between a sequence's tokens", stats.tpot)
+        latency = self.engine.latency()
+        yield _histogram("hovle_time_to_first_token_seconds", "from submission to the first token", latency["ttft"])
+        yield _histogram("hovle_time_per_output_token_seconds", "time between a sequence's tokens", latency["tpot"])
 
 
 def _histogram(name: str, doc: str, h) -> HistogramMetricFamily:

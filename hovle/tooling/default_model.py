@@ -22,9 +22,9 @@ from typing import Any
 import torch
 
 from ..errors import WeightsError
-from ..loaders.config import HoVLEConfig
+from ..families.hovle.config import HoVLEConfig
+from ..families.hovle.weights import expected_tensors
 from ..loaders.tokenizer import TOKENIZER_FILES, Tokenizer
-from ..loaders.weights import expected_tensors
 from .checkpoint_writer import DEFAULT_MAX_SHARD_BYTES, atomic_folder, write_checkpoint
 from .tokenizer_trainer import write_tokenizer_files
 

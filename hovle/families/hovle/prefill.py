@@ -31,12 +31,13 @@ def _span_mask(n: int, spans: list[tuple[int, int]]) -> np.ndarray:
 
 
 class PromptPlan:
+    """The prefill of one prompt (both stacks' ids, where its images sit) and its buffers between chunks. How far
+    the prefill got is the sequence's (the runtime's `kv_len`): every method is told where it stands."""
+
     def __init__(self, model, ids_emb: list[int], ids_llm: list[int], spans_emb, spans_llm,
-                 pixel_values: torch.Tensor | None, emb_start: int = 0, llm_start: int = 0,
-                 all_logits: bool = False):  # fmt: skip
+                 pixel_values: torch.Tensor | None, all_logits: bool = False):  # fmt: skip
         self.model, self.hd = model, model.cfg.is_hd
         self.ids_emb, self.ids_llm = ids_emb, ids_llm
-        self.emb_done, self.llm_done = emb_start, llm_start
         self.all_logits = all_logits
         self.pixel_values = pixel_values
         self._image_rows: torch.Tensor | None = None
@@ -45,9 +46,18 @@ class PromptPlan:
         if self.hd:
             self._hd_maps(spans_emb, spans_llm)
 
-    @property
-    def finished(self) -> bool:
-        return self.llm_done == len(self.ids_llm)
+    def resume(self, cached: tuple[int, int], page_size: int) -> tuple[int, int]:
+        """Where the prefill restarts in each stack when the first cached[k] positions of stack k are in shared
+        pages. HoVLE: both stacks at the same position c (whole shared pages in both). HoVLE-HD: the LLM at c, the
+        embedding module at the last page boundary before the first row that LLM token c needs (its tile's first
+        row for an image token: its 256 LLM tokens come from the tile's 1024 outputs); the rows between are
+        recomputed, their outputs used only as far as needed. At least the prompt's last token is always
+        prefilled (its logits give the first token)."""
+        c = min(cached[1], (len(self.ids_llm) - 1) // page_size * page_size)
+        if not self.hd:
+            c = min(c, cached[0])
+            return c, c
+        return min(cached[0], self.first_needed(c) // page_size * page_size), c
 
     def first_needed(self, c: int) -> int:
         """First embedding row whose output the LLM tokens from position c on need (its text row, or the first
@@ -75,20 +85,21 @@ class PromptPlan:
             x[mask] = self._image_rows[r0:r1]
         return x
 
-    def take_emb_outputs(self, a: int, b: int, h: torch.Tensor) -> tuple[int, int, torch.Tensor | None]:
-        """Embedding outputs of [a, b) -> (l0, l1, LLM inputs of the LLM positions [l0, l1) now ready)."""
-        self.emb_done = b
-        l0 = self.llm_done
+    def take_emb_outputs(self, a: int, b: int, h: torch.Tensor, l0: int) -> tuple[int, torch.Tensor | None]:
+        """Embedding outputs of rows [a, b), with LLM positions [0, l0) already cached -> (l1, the inputs of the
+        LLM positions [l0, l1) now ready, or None)."""
         if not self.hd:
-            return a, b, h
+            return b, h
+        if self._h is None:
+            self._hd_buffers()
         self._h[a:b] = h
         self._project_complete_tiles(b)
         l1 = int(np.searchsorted(self._need, b, side="right"))
-        return l0, l1, (self._llm_inputs(l0, l1) if l1 > l0 else None)
+        return l1, (self._llm_inputs(l0, l1) if l1 > l0 else None)
 
     # ---- HoVLE-HD -----------------------------------------------------------------------------------------
     def _hd_maps(self, spans_emb, spans_llm) -> None:
-        m, cfg = self.model, self.model.cfg
+        cfg = self.model.cfg
         per_tile_emb, per_tile_llm = cfg.patches_per_tile, cfg.tokens_per_tile
         n_llm = len(self.ids_llm)
         need = np.zeros(n_llm, dtype=np.int64)
@@ -106,10 +117,16 @@ class PromptPlan:
                 src[tokens] = np.arange(feat + t * per_tile_llm, feat + (t + 1) * per_tile_llm)
             feat += le - ls
         self._need, self._src, self._is_img = need, src, is_img
+        self._n_feats, self._h, self._feats = feat, None, None
+        self._projected = 0  # tiles projected so far (they complete in order)
+
+    def _hd_buffers(self) -> None:
+        """The embedding outputs and projected tile features kept until the LLM needs them (on first use: the
+        plan is made at admission, on the scheduler's side)."""
+        m = self.model
         c = m.text_table.shape[1]
         self._h = torch.empty(len(self.ids_emb), c, dtype=m.dtype, device=m.device)
-        self._feats = torch.empty(feat, c, dtype=m.dtype, device=m.device)
-        self._projected = 0  # tiles projected so far (they complete in order)
+        self._feats = torch.empty(self._n_feats, c, dtype=m.dtype, device=m.device)
 
     def _project_complete_tiles(self, emb_done: int) -> None:
         per_tile = self.model.cfg.patches_per_tile

@@ -29,6 +29,21 @@ class LayerWeights:
     w2: torch.Tensor  # (C, I)
 
 
+def layer_shapes(prefix: str, s: StackConfig) -> dict[str, tuple[int, ...]]:
+    """The checkpoint names and shapes of a stack's InternLM2 layers: `{prefix}.{i}.attention.wqkv.weight`, ..."""
+    c, i = s.hidden_size, s.intermediate_size
+    per_layer = {
+        "attention.wqkv.weight": (s.qkv_size, c),  # (H + 2*Hkv) * D rows, grouped per kv head (see take_layer)
+        "attention.wo.weight": (c, s.num_heads * s.head_dim),
+        "feed_forward.w1.weight": (i, c),
+        "feed_forward.w3.weight": (i, c),
+        "feed_forward.w2.weight": (c, i),
+        "attention_norm.weight": (c,),
+        "ffn_norm.weight": (c,),
+    }
+    return {f"{prefix}.{n}.{key}": shape for n in range(s.num_layers) for key, shape in per_layer.items()}
+
+
 def take_layer(raw: dict[str, torch.Tensor], prefix: str, cfg: StackConfig) -> LayerWeights:
     """Moves one layer's tensors out of `raw` (so memory is freed as we go) into the engine's fused layout."""
     hkv, d = cfg.num_kv_heads, cfg.head_dim

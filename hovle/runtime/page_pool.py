@@ -1,4 +1,4 @@
-"""Page bookkeeping of one stack's KV cache: free pages, shared pages, and pages that hold a known prefix.
+"""The pages of one stack's KV cache: free pages, shared pages, and pages that hold a known prefix.
 
 A page is identified for reuse by a hash chained over the pages before it: hash(previous page's hash, the page's
 token ids, the content keys of the images whose tokens it holds). Two requests that start with the same tokens
@@ -35,21 +35,23 @@ def keys_within(spans: list[tuple[int, int]], keys: list[bytes], start: int, end
     return [k for (a, b), k in zip(spans, keys) if a < end and b > start]
 
 
-def prefix_hashes(ids: list[int], page: int, spans: list[tuple[int, int]], keys: list[bytes]) -> list[bytes]:
+def prefix_hashes(ids: list[int], page_size: int, spans: list[tuple[int, int]], keys: list[bytes]) -> list[bytes]:
     """Chained hashes of the full pages of `ids`; spans[i] is where image i (content key keys[i]) sits in `ids`."""
     out, parent = [], b""
-    for start in range(0, len(ids) - page + 1, page):
-        parent = page_hash(parent, ids[start : start + page], keys_within(spans, keys, start, start + page))
+    for start in range(0, len(ids) - page_size + 1, page_size):
+        parent = page_hash(parent, ids[start : start + page_size], keys_within(spans, keys, start, start + page_size))
         out.append(parent)
     return out
 
 
-class BlockPool:
-    def __init__(self, num_blocks: int):
-        self.num_blocks = num_blocks
-        self.ref = [0] * num_blocks
+class PagePool:
+    """num_pages pages of one stack, page SCRATCH_PAGE excluded (it is never handed out)."""
+
+    def __init__(self, num_pages: int):
+        self.num_pages = num_pages
+        self.ref = [0] * num_pages
         self.ref[SCRATCH_PAGE] = 1  # never handed out, never freed
-        self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
+        self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_pages))
         del self._free[SCRATCH_PAGE]
         self._hash_of: dict[int, bytes] = {}
         self._by_hash: dict[bytes, int] = {}
@@ -60,7 +62,7 @@ class BlockPool:
 
     @property
     def num_used(self) -> int:
-        return self.num_blocks - 1 - len(self._free)
+        return self.num_pages - 1 - len(self._free)
 
     def allocate(self, n: int) -> list[int]:
         """n fresh pages (reference count 1), evicting the least recently freed cached ones."""

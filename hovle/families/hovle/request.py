@@ -13,13 +13,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import ImageError, InputError
-from .loaders.config import HoVLEConfig
-from .loaders.image import preprocess
-from .loaders.tokenizer import Tokenizer
-from .prompt import ChatTemplate, build_prompt, place_images
-
-MAX_TILES_CAP = 128  # no engine option raises the per-image tile budget past this (32k LLM tokens per image)
+from ...errors import ImageError, InputError
+from ...loaders.image import preprocess
+from ...loaders.tokenizer import Tokenizer
+from ...options import MAX_TILES_CAP
+from ...prompt import ChatTemplate, build_prompt, place_images
+from .config import HoVLEConfig
 
 
 @dataclass
@@ -34,6 +33,13 @@ class Request:
     image_keys: list[bytes]  # content hash of each image's pixels and tiling
     spans_llm: list[tuple[int, int]]  # [start, end) of each image's IMG_CONTEXT run in ids_llm
     spans_emb: list[tuple[int, int]]  # the same in ids_emb
+
+    def stack_ids(self, stack: int) -> list[int]:
+        """The prompt's ids in KV stack `stack` (0: the embedding module, 1: the LLM)."""
+        return self.ids_llm if stack else self.ids_emb
+
+    def stack_spans(self, stack: int) -> list[tuple[int, int]]:
+        return self.spans_llm if stack else self.spans_emb
 
 
 def context_runs(ids: list[int], ctx_id: int) -> list[tuple[int, int]]:
@@ -59,9 +65,10 @@ def check_tile_budget(max_num, limit: int) -> int:
 class RequestBuilder:
     """Turns messages and images into Requests for one model (config, tokenizer, template)."""
 
-    def __init__(self, cfg: HoVLEConfig, tokenizer: Tokenizer, template: ChatTemplate, max_tiles: int):
+    def __init__(self, cfg: HoVLEConfig, tokenizer: Tokenizer, template: ChatTemplate, max_tiles: int,
+                 preprocess: str = "auto"):  # fmt: skip
         self.cfg, self.tokenizer, self.template, self.max_tiles = cfg, tokenizer, template, max_tiles
-        self.preprocess = "auto"
+        self.preprocess = preprocess  # "auto": the native C++ image path when it is built, else PIL
 
     def build(self, messages: list[dict], images: list, max_num: int | None = None, raw: str | None = None) -> Request:
         """Chat messages (+ images for their placeholders, in order) -> a Request. `raw`: instead of messages, a
