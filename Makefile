@@ -47,7 +47,7 @@ demo: setup
 	$(PY) -m hovle demo
 
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n auto $(PYTEST_ARGS)
 
 # The suite on the newest versions pyproject.toml allows (torch stays TORCH_SPEC): drift found on purpose.
 test-latest:
@@ -78,10 +78,11 @@ gpu-check:
 	python3 benchmarks/gpu_check.py $(if $(QUICK),--quick,) $(if $(REHEARSE),--rehearse,)
 
 lint: setup
-	$(VENV)/bin/ruff check hovle tests benchmarks tools
+	$(VENV)/bin/ruff check hovle tests benchmarks tools setup.py
+	$(VENV)/bin/ruff format --check hovle tests benchmarks tools setup.py
 
 format: setup
-	$(VENV)/bin/ruff format hovle tests benchmarks tools
+	$(VENV)/bin/ruff format hovle tests benchmarks tools setup.py
 
 clean:
 	rm -rf $(VENV) .venv-latest .venv-lock build *.egg-info

@@ -21,10 +21,18 @@ from setuptools.command.build_ext import build_ext
 ROOT = Path(__file__).parent
 CSRC = ROOT / "csrc"
 NVCC_FLAGS = [
-    "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC",
-    "-gencode", "arch=compute_90,code=sm_90", "-gencode", "arch=compute_80,code=sm_80",
-    "-gencode", "arch=compute_90,code=compute_90",  # PTX, so GPUs newer than sm_90 can JIT it
-]  # fmt: skip
+    "-O3",
+    "-std=c++17",
+    "-shared",
+    "-Xcompiler",
+    "-fPIC",
+    "-gencode",
+    "arch=compute_90,code=sm_90",
+    "-gencode",
+    "arch=compute_80,code=sm_80",
+    "-gencode",
+    "arch=compute_90,code=compute_90",  # PTX, so GPUs newer than sm_90 can JIT it
+]
 
 
 def warn(message: str) -> None:
@@ -45,8 +53,14 @@ def native_extensions() -> list:
     unix = sys.platform != "win32"
     compile_args = ["-O3", "-ffp-contract=off", "-pthread"] if unix else ["/O2", "/fp:precise"]
     depends = [str(p.relative_to(ROOT)) for p in CSRC.glob("*.h")]
-    ext = Pybind11Extension("hovle.kernels._native", sources, depends=depends, cxx_std=17,
-                            extra_compile_args=compile_args, extra_link_args=["-pthread"] if unix else [])  # fmt: skip
+    ext = Pybind11Extension(
+        "hovle.kernels._native",
+        sources,
+        depends=depends,
+        cxx_std=17,
+        extra_compile_args=compile_args,
+        extra_link_args=["-pthread"] if unix else [],
+    )
     return [ext]
 
 
@@ -71,8 +85,11 @@ class BuildExt(build_ext):
         super().run()
         self.build_cuda()
         built = any(Path(self.get_ext_fullpath(e.name)).exists() for e in self.extensions)
-        print(f"setup.py: image preprocessing path: {'native C++ (hovle.kernels._native)' if built else 'Python / PIL'}"
-              f"{', CUDA library built' if self.cuda_built else ''}", flush=True)  # fmt: skip
+        print(
+            f"setup.py: image preprocessing path: {'native C++ (hovle.kernels._native)' if built else 'Python / PIL'}"
+            f"{', CUDA library built' if self.cuda_built else ''}",
+            flush=True,
+        )
 
     cuda_built = False
 
@@ -83,7 +100,7 @@ class BuildExt(build_ext):
         nvcc = shutil.which("nvcc") or next(
             (str(p) for p in [Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin" / "nvcc"] if p.exists()),
             None,
-        )  # fmt: skip
+        )
         if nvcc is None:
             return
         out_dir = (ROOT if self.inplace else Path(self.build_lib)) / "hovle" / "kernels"

@@ -48,8 +48,16 @@ def _inputs(b: int, s: int, dtype: torch.dtype) -> dict:
     angles = torch.rand(t, D // 2, device=bench_device()) * 6.28
     cos, sin = torch.cat((angles, angles), -1).cos().to(dtype), torch.cat((angles, angles), -1).sin().to(dtype)
     meta = (cu, torch.zeros(b, dtype=torch.int64, device=bench_device()), tables)
-    return {"q": q, "k_cache": k_cache, "v_cache": v_cache, "k_pages": k_pages, "v_pages": v_pages, "meta": meta,
-            "cos": cos, "sin": sin}  # fmt: skip
+    return {
+        "q": q,
+        "k_cache": k_cache,
+        "v_cache": v_cache,
+        "k_pages": k_pages,
+        "v_pages": v_pages,
+        "meta": meta,
+        "cos": cos,
+        "sin": sin,
+    }
 
 
 def _sdpa_fn(backend, x: dict, b: int, s: int):

@@ -15,12 +15,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import ROOT, append_rows, decode_tok_s_total, provenance  # noqa: E402
 from hovle import Engine  # noqa: E402
-from hovle.tooling.default_model import ensure_default_model  # noqa: E402
+from hovle.default_model.folder import ensure_default_model  # noqa: E402
 
 
 def reference_errors() -> list[dict]:
+    from hovle.default_model.cases import CASES, make_checkpoint, noise_image
     from hovle.reference.model import ReferenceHoVLE
-    from hovle.tooling.cases import CASES, make_checkpoint, noise_image
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -40,18 +40,27 @@ def default_model_speed() -> list[dict]:
     image = ROOT / "hovle" / "data" / "example.png"
     for variant in ("hovle", "hovle-hd"):
         # whole prefills are timed: with prefix caching the repeated prompt would hit its cached pages
-        eng = Engine.from_pretrained(ensure_default_model(variant), device="cpu", dtype=torch.float32,
-                                     prefix_caching=False)  # fmt: skip
+        eng = Engine.from_pretrained(
+            ensure_default_model(variant), device="cpu", dtype=torch.float32, prefix_caching=False
+        )
         for batch in (1, 4):
             prompts = ["Please describe the image in detail."] * batch
             eng.generate(prompts, [image] * batch, max_new_tokens=2)  # warm-up: this batch's caches allocated
             rs = eng.generate(prompts, [image] * batch, max_new_tokens=64, ignore_eos=True)  # exactly 64 tokens each
             t = rs[0].timings
-            rows.append({"op": "default_model_generate", "model": variant, "batch": batch, "tiles": rs[0].tiles[0],
-                         "prompt_tokens": rs[0].prompt_tokens, "ttft_ms": t.ttft_s * 1e3,
-                         "decode_tok_s": t.decode_tok_s,  # one sequence's rate
-                         "decode_tok_s_total": decode_tok_s_total(rs),
-                         "threads": torch.get_num_threads()})  # fmt: skip
+            rows.append(
+                {
+                    "op": "default_model_generate",
+                    "model": variant,
+                    "batch": batch,
+                    "tiles": rs[0].tiles[0],
+                    "prompt_tokens": rs[0].prompt_tokens,
+                    "ttft_ms": t.ttft_s * 1e3,
+                    "decode_tok_s": t.decode_tok_s,  # one sequence's rate
+                    "decode_tok_s_total": decode_tok_s_total(rs),
+                    "threads": torch.get_num_threads(),
+                }
+            )
     return rows
 
 

@@ -40,14 +40,20 @@ from benchmarks.e2e_common import (  # noqa: E402
     reset_memory,
     sync,
     write_full_checkpoints,
-)  # fmt: skip
+)
 from benchmarks.e2e_reference import bench_reference  # noqa: E402
 from hovle import Engine  # noqa: E402
 
-KINDS = {"gemm": ("gemm", "cutlass", "cublas", "sm90_xmma", "nvjet"), "norm_linear": ("norm_linear",),
-         "attention": ("attention",), "norm": ("rms_norm",), "swiglu": ("swiglu",), "kv_store": ("kv_store",),
-         "select": ("row_stats", "row_reduce", "sample", "penalty", "sort", "argmax"),
-         "elementwise": ("elementwise", "reduce_kernel", "index", "gather", "scatter", "cat", "fill")}  # fmt: skip
+KINDS = {
+    "gemm": ("gemm", "cutlass", "cublas", "sm90_xmma", "nvjet"),
+    "norm_linear": ("norm_linear",),
+    "attention": ("attention",),
+    "norm": ("rms_norm",),
+    "swiglu": ("swiglu",),
+    "kv_store": ("kv_store",),
+    "select": ("row_stats", "row_reduce", "sample", "penalty", "sort", "argmax"),
+    "elementwise": ("elementwise", "reduce_kernel", "index", "gather", "scatter", "cat", "fill"),
+}
 
 
 class Deadline:
@@ -81,8 +87,14 @@ def _ttft_rows(eng: Engine, base: dict, deadline: Deadline):
         img = photo(*size) if size else None
         eng.generate(TEXT_PROMPT, img, max_num=max_num, max_new_tokens=2)  # warm-up (autotune, graphs)
         runs = [eng.generate(TEXT_PROMPT, img, max_num=max_num, max_new_tokens=1) for _ in range(3)]
-        yield {**base, "scenario": f"ttft_{name}", "batch": 1, "prompt_tokens": runs[0].prompt_tokens,
-               "ttft_ms": statistics.median(r.timings.ttft_s for r in runs) * 1e3, "tiles": sum(runs[0].tiles)}
+        yield {
+            **base,
+            "scenario": f"ttft_{name}",
+            "batch": 1,
+            "prompt_tokens": runs[0].prompt_tokens,
+            "ttft_ms": statistics.median(r.timings.ttft_s for r in runs) * 1e3,
+            "tiles": sum(runs[0].tiles),
+        }
 
 
 SHORT = 8  # new tokens of the short run that the steady decode rate is measured against
@@ -113,12 +125,21 @@ def _decode_row(eng: Engine, base: dict, b: int, new: int) -> dict:
     n_emb = ctx + len(req.ids_emb) - len(req.ids_llm)
     kv_emb, kv_llm = kv_bytes_per_token(eng)
     gbps = (weight_bytes_per_step(eng) + b * (n_emb * kv_emb + ctx * kv_llm)) / step_s / 1e9
-    return {**base, "scenario": "decode", "batch": b, "decode_tok_s": 1 / step_s, "decode_tok_s_total": b / step_s,
-            "burst_tok_s_total": decode_tok_s_total(rs),
-            "ttft_ms": statistics.median(r.timings.ttft_s for r in rs) * 1e3,
-            "step_ms": step_s * 1e3, "gbps": gbps, "bw_frac": gbps / copy_gbps() if Run.on_gpu() else None,
-            "new_tokens": new, "prompt_tokens": rs[0].prompt_tokens,
-            "graph_replays": eng.stats()["graph_replays"]}  # fmt: skip
+    return {
+        **base,
+        "scenario": "decode",
+        "batch": b,
+        "decode_tok_s": 1 / step_s,
+        "decode_tok_s_total": b / step_s,
+        "burst_tok_s_total": decode_tok_s_total(rs),
+        "ttft_ms": statistics.median(r.timings.ttft_s for r in rs) * 1e3,
+        "step_ms": step_s * 1e3,
+        "gbps": gbps,
+        "bw_frac": gbps / copy_gbps() if Run.on_gpu() else None,
+        "new_tokens": new,
+        "prompt_tokens": rs[0].prompt_tokens,
+        "graph_replays": eng.stats()["graph_replays"],
+    }
 
 
 def _kernel_us(eng: Engine, b: int, new: int) -> dict[str, float]:
@@ -139,17 +160,22 @@ def _breakdown_row(eng: Engine, base: dict, b: int, new: int) -> dict:
     """Device time per decode step by kernel kind: (profile of `new` tokens - profile of 1 token) / (new - 1)."""
     full, prefill_only = _kernel_us(eng, b, new), _kernel_us(eng, b, 1)
     per_step = {f"{k}_us": (full.get(k, 0.0) - prefill_only.get(k, 0.0)) / (new - 1) for k in full}
-    return {**base, "scenario": "step_breakdown", "batch": b, **per_step,
-            "step_device_us": sum(per_step.values())}  # fmt: skip
+    return {**base, "scenario": "step_breakdown", "batch": b, **per_step, "step_device_us": sum(per_step.values())}
 
 
-def bench_ours(model: str, path: Path, provider: str, graphs: bool, batches: list[int], new: int,
-               deadline: Deadline):  # fmt: skip
+def bench_ours(model: str, path: Path, provider: str, graphs: bool, batches: list[int], new: int, deadline: Deadline):
     """Yields the engine's rows one by one, as they are measured."""
     reset_memory()
     t0 = time.perf_counter()
-    eng = Engine.from_pretrained(path, device=Run.device, dtype=Run.dtype, backend=Run.backend, cuda_graphs=graphs,
-                                 prefix_caching=False, max_batch=max(batches))  # fmt: skip
+    eng = Engine.from_pretrained(
+        path,
+        device=Run.device,
+        dtype=Run.dtype,
+        backend=Run.backend,
+        cuda_graphs=graphs,
+        prefix_caching=False,
+        max_batch=max(batches),
+    )
     sync()
     base = {"model": model, "provider": provider, "load_s": time.perf_counter() - t0}
     try:
@@ -210,7 +236,7 @@ def _provider(name: str, model: str, path: Path, batches: list[int], new: int, d
 def smoke(args) -> int:
     """Every provider and scenario on the CPU with the tiny default models, torch backend (the rehearsal of the GPU
     run records these rows; otherwise they are printed only)."""
-    from hovle.tooling.default_model import write_default_model
+    from hovle.default_model.folder import write_default_model
 
     Run.smoke()
     SCENARIOS["max12"] = ((900, 700), 12)

@@ -25,16 +25,26 @@ def run() -> list[dict]:
     if no_gpu("bench_norm_linear"):
         return []
     rows, dtype = [], bench_dtype()
-    providers = {"triton-fused": norm_linear, "separate": _unfused, "torch": norm_linear_ref,
-                 "torch_compile": compiled(norm_linear_ref)}  # fmt: skip
+    providers = {
+        "triton-fused": norm_linear,
+        "separate": _unfused,
+        "torch": norm_linear_ref,
+        "torch_compile": compiled(norm_linear_ref),
+    }
     for m in (1, 8, 64):
         for name, n, swiglu in SHAPES:
             x, res = (torch.randn(m, K, device=bench_device(), dtype=dtype) for _ in range(2))
             nw = torch.ones(K, device=bench_device(), dtype=dtype)
             w = torch.randn(n, K, device=bench_device(), dtype=dtype) / K**0.5
             nbytes = (n * K + 4 * m * K + m * (n // 2 if swiglu else n)) * 2
-            rows += time_providers("norm_linear", f"{name} M={m} N={n} K={K}", dtype, providers,
-                                   (x, res, nw, 1e-5, w, swiglu), nbytes=nbytes)  # fmt: skip
+            rows += time_providers(
+                "norm_linear",
+                f"{name} M={m} N={n} K={K}",
+                dtype,
+                providers,
+                (x, res, nw, 1e-5, w, swiglu),
+                nbytes=nbytes,
+            )
             del w
     return rows
 

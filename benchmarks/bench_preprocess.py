@@ -90,18 +90,32 @@ def main() -> None:
                 load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
                 ms = median_ms(fn, args.repeats, sync=sync)
                 base = base or ms
-                row = {"op": "preprocess", "shape": f"{w}x{h}", "max_num": max_num, "tiles": tiles,
-                       "dtype": "float32", "provider": name, "ms": ms, "mpix_per_s": w * h / ms / 1e3,
-                       "out_gbps": tiles * 3 * 448 * 448 * 4 / ms / 1e6, "speedup_vs_python": base / ms,
-                       "native_threads": threads if name == "native-cpu" else None,
-                       "torch_threads": torch.get_num_threads(), "cpu": cpu_name(), "cpus": os.cpu_count(),
-                       "load_avg_1m": load, **prov}  # fmt: skip
+                row = {
+                    "op": "preprocess",
+                    "shape": f"{w}x{h}",
+                    "max_num": max_num,
+                    "tiles": tiles,
+                    "dtype": "float32",
+                    "provider": name,
+                    "ms": ms,
+                    "mpix_per_s": w * h / ms / 1e3,
+                    "out_gbps": tiles * 3 * 448 * 448 * 4 / ms / 1e6,
+                    "speedup_vs_python": base / ms,
+                    "native_threads": threads if name == "native-cpu" else None,
+                    "torch_threads": torch.get_num_threads(),
+                    "cpu": cpu_name(),
+                    "cpus": os.cpu_count(),
+                    "load_avg_1m": load,
+                    **prov,
+                }
                 rows.append(row)
     append_rows(rows, "preprocess.jsonl")
     print(f"\n{'image':>10} {'max_num':>7} {'tiles':>5} {'provider':>12} {'ms':>9} {'MPix/s':>8} {'x python':>8}")
     for r in rows:
-        print(f"{r['shape']:>10} {r['max_num']:>7} {r['tiles']:>5} {r['provider']:>12} {r['ms']:>9.2f} "
-              f"{r['mpix_per_s']:>8.1f} {r['speedup_vs_python']:>8.2f}")  # fmt: skip
+        print(
+            f"{r['shape']:>10} {r['max_num']:>7} {r['tiles']:>5} {r['provider']:>12} {r['ms']:>9.2f} "
+            f"{r['mpix_per_s']:>8.1f} {r['speedup_vs_python']:>8.2f}"
+        )
     print(f"device {prov['device']}, torch {prov['torch']}, commit {prov['commit']}, {prov['date']}")
 
 

@@ -29,14 +29,19 @@ def run() -> list[dict]:
     if no_gpu("bench_rms_norm"):
         return []
     rows, dtype = [], bench_dtype()
-    providers = {"triton": rms_norm, "torch": rms_norm_ref, "torch_compile": compiled(rms_norm_ref),
-                 "torch_unfused_hf": unfused_hf}  # fmt: skip
+    providers = {
+        "triton": rms_norm,
+        "torch": rms_norm_ref,
+        "torch_compile": compiled(rms_norm_ref),
+        "torch_unfused_hf": unfused_hf,
+    }
     for t, c in SHAPES:
         x, residual = (torch.randn(t, c, device=bench_device(), dtype=dtype) for _ in range(2))
         weight = torch.randn(c, device=bench_device(), dtype=dtype)
         nbytes = (4 * t * c + c) * x.element_size()
-        rows += time_providers("rms_norm", f"T={t} C={c} residual", dtype, providers, (x, weight, EPS, residual),
-                               nbytes=nbytes)  # fmt: skip
+        rows += time_providers(
+            "rms_norm", f"T={t} C={c} residual", dtype, providers, (x, weight, EPS, residual), nbytes=nbytes
+        )
     return rows
 
 

@@ -63,8 +63,14 @@ def run() -> list[dict]:
     for b in BATCHES:
         logits = 3 * torch.randn(b, VOCAB, device=bench_device())
         for name in ("greedy", "top_p_0.9+penalty"):
-            rows += time_providers("sample", f"B={b} V={VOCAB} {name}", torch.float32, providers(scenario(name, b)),
-                                   (logits,), nbytes=b * VOCAB * 4)  # fmt: skip
+            rows += time_providers(
+                "sample",
+                f"B={b} V={VOCAB} {name}",
+                torch.float32,
+                providers(scenario(name, b)),
+                (logits,),
+                nbytes=b * VOCAB * 4,
+            )
     return rows
 
 

@@ -13,7 +13,9 @@ Rows go to benchmarks/results/serve.jsonl with the device, versions and commit.
 from __future__ import annotations
 
 import argparse
+import base64
 import concurrent.futures
+import io
 import statistics
 import sys
 import time
@@ -29,10 +31,15 @@ def _percentile(xs: list[float], q: float) -> float:
 
 
 def _images(n: int) -> list[str]:
-    from hovle.tooling.scenes import random_scene, render
-    from tests.serve_utils import data_url
+    from hovle.default_model.scenes import random_scene, render
 
-    return [data_url(render(random_scene(10_000 + i))) for i in range(n)]
+    return [_data_url(render(random_scene(10_000 + i))) for i in range(n)]
+
+
+def _data_url(image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def _one(client, model: str, images: list[str], question: str, max_tokens: int) -> dict:
@@ -40,10 +47,15 @@ def _one(client, model: str, images: list[str], question: str, max_tokens: int) 
     start = time.perf_counter()
     first = last = None
     usage = None
-    stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": content}],
-                                            max_tokens=max_tokens, temperature=0, stream=True,
-                                            stream_options={"include_usage": True},
-                                            extra_body={"ignore_eos": True})  # exactly max_tokens each  # fmt: skip
+    stream = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": content}],
+        max_tokens=max_tokens,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True},
+    )  # exactly max_tokens each
     for chunk in stream:
         if chunk.usage is not None:
             usage = chunk.usage
@@ -52,8 +64,12 @@ def _one(client, model: str, images: list[str], question: str, max_tokens: int) 
             first = first or last
     tokens = usage.completion_tokens if usage else 0
     end = time.perf_counter()
-    return {"ttft": (first or end) - start, "tpot": ((last or end) - (first or end)) / max(tokens - 1, 1),
-            "tokens": tokens, "prompt": usage.prompt_tokens if usage else 0}  # fmt: skip
+    return {
+        "ttft": (first or end) - start,
+        "tpot": ((last or end) - (first or end)) / max(tokens - 1, 1),
+        "tokens": tokens,
+        "prompt": usage.prompt_tokens if usage else 0,
+    }
 
 
 def sweep(url: str, model: str, levels: list[int], requests: int, n_images: int, max_tokens: int) -> list[dict]:
@@ -64,21 +80,31 @@ def sweep(url: str, model: str, levels: list[int], requests: int, n_images: int,
     questions = ["What colour is the house?", "How many trees are there?", "Describe the image in one sentence."]
     rows = []
     for level in levels:
-        jobs = [([pool_images[(i + j) % len(pool_images)] for j in range(n_images)], questions[i % len(questions)])
-                for i in range(requests)]  # fmt: skip
+        jobs = [
+            ([pool_images[(i + j) % len(pool_images)] for j in range(n_images)], questions[i % len(questions)])
+            for i in range(requests)
+        ]
         start = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(level) as pool:
             out = list(pool.map(lambda job: _one(client, model, job[0], job[1], max_tokens), jobs))
         wall = time.perf_counter() - start
         ttft, tpot = [o["ttft"] for o in out], [o["tpot"] for o in out if o["tokens"] > 1]
-        rows.append({
-            "op": "serve", "concurrency": level, "requests": requests, "images_per_request": n_images,
-            "req_per_s": requests / wall, "output_tok_per_s": sum(o["tokens"] for o in out) / wall,
-            "mean_prompt_tokens": statistics.mean(o["prompt"] for o in out),
-            "ttft_p50_ms": 1e3 * _percentile(ttft, 0.5), "ttft_p99_ms": 1e3 * _percentile(ttft, 0.99),
-            "tpot_p50_ms": 1e3 * _percentile(tpot, 0.5), "tpot_p99_ms": 1e3 * _percentile(tpot, 0.99),
-            "lost": sum(o["tokens"] == 0 for o in out),
-        })  # fmt: skip
+        rows.append(
+            {
+                "op": "serve",
+                "concurrency": level,
+                "requests": requests,
+                "images_per_request": n_images,
+                "req_per_s": requests / wall,
+                "output_tok_per_s": sum(o["tokens"] for o in out) / wall,
+                "mean_prompt_tokens": statistics.mean(o["prompt"] for o in out),
+                "ttft_p50_ms": 1e3 * _percentile(ttft, 0.5),
+                "ttft_p99_ms": 1e3 * _percentile(ttft, 0.99),
+                "tpot_p50_ms": 1e3 * _percentile(tpot, 0.5),
+                "tpot_p99_ms": 1e3 * _percentile(tpot, 0.99),
+                "lost": sum(o["tokens"] == 0 for o in out),
+            }
+        )
         print(rows[-1], flush=True)
     return rows
 
@@ -99,8 +125,8 @@ def main() -> int:
         rows = sweep(args.url, args.served_name, levels, args.requests, args.images, args.max_tokens)
     else:
         from hovle import Engine
+        from hovle.default_model.folder import ensure_default_model
         from hovle.serve.app import ServerConfig, background_server
-        from hovle.tooling.default_model import ensure_default_model
 
         engine = Engine.from_pretrained(args.model or ensure_default_model("hovle"), max_batch=max(levels))
         with background_server(engine, ServerConfig(args.served_name)) as url:

@@ -27,8 +27,12 @@ def run() -> list[dict]:
     if no_gpu("bench_swiglu"):
         return []
     rows, dtype = [], bench_dtype()
-    providers = {"triton": swiglu, "torch": swiglu_ref, "torch_compile": compiled(swiglu_ref),
-                 "torch_unfused_hf": unfused_hf}  # fmt: skip
+    providers = {
+        "triton": swiglu,
+        "torch": swiglu_ref,
+        "torch_compile": compiled(swiglu_ref),
+        "torch_unfused_hf": unfused_hf,
+    }
     for t, i in SHAPES:
         gate_up = torch.randn(t, 2 * i, device=bench_device(), dtype=dtype)
         nbytes = 3 * t * i * gate_up.element_size()

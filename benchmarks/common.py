@@ -255,8 +255,10 @@ def compiled(fn):
     """torch.compile of a reference function, or None where compile is unavailable or disabled (a provider
     called "torch-compile" must really be compiled, not dynamo's eager fallback)."""
     if rehearsing():
-        print("the rehearsal runs no torch.compile (minutes of CPU compilation): no torch-compile provider",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "the rehearsal runs no torch.compile (minutes of CPU compilation): no torch-compile provider",
+            file=sys.stderr,
+        )
         return None
     if os.environ.get("TORCHDYNAMO_DISABLE", "0") == "1" or torch._dynamo.config.disable:
         print("torch.compile is disabled here (TORCHDYNAMO_DISABLE): no torch-compile provider", file=sys.stderr)

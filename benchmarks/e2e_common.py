@@ -14,9 +14,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import measured_peaks  # noqa: E402
+from hovle.default_model.checkpoint import write_checkpoint  # noqa: E402
+from hovle.default_model.folder import bundled_tokenizer, config_dict, random_tensors  # noqa: E402
 from hovle.families.hovle.config import HoVLEConfig  # noqa: E402
-from hovle.tooling.checkpoint_writer import write_checkpoint  # noqa: E402
-from hovle.tooling.default_model import bundled_tokenizer, config_dict, random_tensors  # noqa: E402
 
 TEXT_PROMPT = "Summarise the main ideas of modern inference engines for vision-language models in a few sentences."
 SCENARIOS = {"text": (None, 1), "one_tile": ((448, 448), 1), "max12": ((1792, 1344), 12)}
@@ -71,8 +71,9 @@ def write_full_checkpoints(root: Path) -> dict[str, Path]:
         tok, files = bundled_tokenizer()
         raw = config_dict("hovle", img_context_token_id=tok.img_context_id)
         t0 = time.perf_counter()
-        write_checkpoint(paths["hovle"], raw, random_tensors(HoVLEConfig.from_dict(raw)), extra_files=files,
-                         overwrite=True)  # fmt: skip
+        write_checkpoint(
+            paths["hovle"], raw, random_tensors(HoVLEConfig.from_dict(raw)), extra_files=files, overwrite=True
+        )
         print(f"wrote {paths['hovle']} in {time.perf_counter() - t0:.0f} s", flush=True)
     hd = paths["hovle-hd"]
     if not (hd / "config.json").is_file():
@@ -88,7 +89,7 @@ def write_full_checkpoints(root: Path) -> dict[str, Path]:
 
 def write_tiny_checkpoints(root: Path) -> dict[str, Path]:
     """The rehearsal's stand-in for write_full_checkpoints: the embedded default models, copied."""
-    from hovle.tooling.default_model import copy_default_model
+    from hovle.default_model.folder import copy_default_model
 
     return {v: copy_default_model(root / v, v, overwrite=True) for v in ("hovle", "hovle-hd")}
 

@@ -42,8 +42,15 @@ def bench_reference(model: str, path: Path, new: int, static: bool, deadline=Non
             ref.emb_cache, ref.llm_cache = type(ref.emb_cache)(), type(ref.llm_cache)()  # new sequence, same weights
         logits = ref.prefill(req.ids_emb, req.ids_llm, pixels)[-1]
         sync()
-        yield {**base, "scenario": f"ttft_{name}", "batch": 1, "ttft_ms": (time.perf_counter() - t1) * 1e3,
-               "prompt_tokens": len(req.ids_llm), "tiles": sum(req.tiles), "peak_mem_gb": peak_gb()}  # fmt: skip
+        yield {
+            **base,
+            "scenario": f"ttft_{name}",
+            "batch": 1,
+            "ttft_ms": (time.perf_counter() - t1) * 1e3,
+            "prompt_tokens": len(req.ids_llm),
+            "tiles": sum(req.tiles),
+            "peak_mem_gb": peak_gb(),
+        }
     if deadline is not None and deadline.passed():
         return
     tok, warm = int(logits.argmax()), 3  # the first compiled steps compile and capture: not timed
@@ -55,8 +62,16 @@ def bench_reference(model: str, path: Path, new: int, static: bool, deadline=Non
         tok = int(ref.decode_step(tok).argmax())
     sync()
     rate = (new - 1 - warm) / (time.perf_counter() - t1)
-    yield {**base, "scenario": "decode", "batch": 1, "decode_tok_s": rate, "decode_tok_s_total": rate,
-           "new_tokens": new, "note": "context after the last (12-tile) scenario's prompt", "peak_mem_gb": peak_gb()}
+    yield {
+        **base,
+        "scenario": "decode",
+        "batch": 1,
+        "decode_tok_s": rate,
+        "decode_tok_s_total": rate,
+        "new_tokens": new,
+        "note": "context after the last (12-tile) scenario's prompt",
+        "peak_mem_gb": peak_gb(),
+    }
 
 
 def _warm_up(ref, prep, static: bool, new: int) -> None:

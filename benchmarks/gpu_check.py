@@ -37,10 +37,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_FILES = 8  # what comes back from the device machine's $OUT
-QUICK_TESTS = ["tests/test_gpu_e2e.py", "tests/test_engine.py", "tests/test_engine_memory.py",
-               "tests/test_kernel_kv_store.py", "tests/test_kernel_decode_attention.py",
-               "tests/test_trained_model_gpu.py"]  # fmt: skip
-REHEARSAL_TESTS = ["tests/test_kernel_swiglu.py", "tests/test_kernel_rms_norm.py"]
+QUICK_TESTS = [
+    "tests/families/hovle/test_gpu_e2e.py",
+    "tests/runtime/test_engine.py",
+    "tests/runtime/test_engine_memory.py",
+    "tests/kernels/test_kv_store.py",
+    "tests/kernels/test_decode_attention.py",
+    "tests/families/hovle/test_trained_model_gpu.py",
+]
+REHEARSAL_TESTS = ["tests/kernels/test_swiglu.py", "tests/kernels/test_rms_norm.py"]
 
 
 class Plan:
@@ -71,8 +76,11 @@ class Plan:
             return REHEARSAL_TESTS
         if self.quick:
             return QUICK_TESTS
-        return sorted(str(f.relative_to(ROOT)) for f in (ROOT / "tests").glob("test_*.py")
-                      if "pytest.mark.gpu" in f.read_text(encoding="utf-8"))  # fmt: skip
+        return sorted(
+            str(f.relative_to(ROOT))
+            for f in (ROOT / "tests").rglob("test_*.py")
+            if "pytest.mark.gpu" in f.read_text(encoding="utf-8")
+        )
 
 
 def step(name: str, cmd: list[str], limit: float, log: Path, env: dict) -> tuple[str, int, float]:
@@ -83,8 +91,9 @@ def step(name: str, cmd: list[str], limit: float, log: Path, env: dict) -> tuple
     _say(log, f"== {name} (at most {limit:.0f} s): {' '.join(cmd)}")
     t0 = time.monotonic()
     with open(log, "a", encoding="utf-8") as fh:
-        rc = subprocess.call(["timeout", "-k", "5", str(int(limit)), *cmd], cwd=ROOT, stdout=fh,
-                             stderr=subprocess.STDOUT, env=env)  # fmt: skip
+        rc = subprocess.call(
+            ["timeout", "-k", "5", str(int(limit)), *cmd], cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env=env
+        )
     took = time.monotonic() - t0
     _say(log, f"   {name}: exit {rc} after {took:.0f} s")
     return name, rc, took
@@ -122,8 +131,15 @@ def run(plan: Plan, log: Path) -> list[tuple[str, int, float]]:
         ckpt.kill()
         _say(log, "== checkpoint: not written in time (see ckpt.log)")
     full_env = {**test_env, "HOVLE_FULL_CKPT": str(plan.ckpt)}
-    steps.append(step("full-size check", [*pytest, "tests/test_gpu_e2e.py"], plan.box((90, 240), (30, 80)), log,
-                      full_env))  # fmt: skip
+    steps.append(
+        step(
+            "full-size check",
+            [*pytest, "tests/families/hovle/test_gpu_e2e.py"],
+            plan.box((90, 240), (30, 80)),
+            log,
+            full_env,
+        )
+    )
     if plan.rehearse:
         e2e = ["--smoke", "--models", "hovle"]
     elif plan.quick:
@@ -136,13 +152,26 @@ def run(plan: Plan, log: Path) -> list[tuple[str, int, float]]:
     if not plan.quick:
         # torch.compile providers off: compiling every reference takes minutes the run does not have
         kernels_env = {**env, "TORCHDYNAMO_DISABLE": "1"}
-        steps.append(step("kernels", [py, "benchmarks/run_kernels.py", "--record"], plan.box((60, 3), (40, 10)), log,
-                          kernels_env))  # fmt: skip
+        steps.append(
+            step(
+                "kernels", [py, "benchmarks/run_kernels.py", "--record"], plan.box((60, 3), (40, 10)), log, kernels_env
+            )
+        )
         if _serving_importable():
-            serve = ["--concurrency", "1,2", "--requests", "4", "--max-tokens", "4"] if plan.rehearse else \
-                ["--concurrency", "1,16,64", "--requests", "64"]  # fmt: skip
-            steps.append(step("serve", [py, "benchmarks/bench_serve.py", "--model", str(plan.ckpt / "hovle"),
-                                        "--record", *serve], plan.box((60, 3), (40, 0)), log, env))  # fmt: skip
+            serve = (
+                ["--concurrency", "1,2", "--requests", "4", "--max-tokens", "4"]
+                if plan.rehearse
+                else ["--concurrency", "1,16,64", "--requests", "64"]
+            )
+            steps.append(
+                step(
+                    "serve",
+                    [py, "benchmarks/bench_serve.py", "--model", str(plan.ckpt / "hovle"), "--record", *serve],
+                    plan.box((60, 3), (40, 0)),
+                    log,
+                    env,
+                )
+            )
         else:
             _say(log, "== serve: skipped (fastapi, uvicorn, openai or prometheus_client not importable: carry wheels)")
     if ckpt.poll() is None:
@@ -160,10 +189,27 @@ def summary(steps: list[tuple[str, int, float]], out: Path, since: str, log: Pat
         lines.append(f"{name}: {len(new)} new rows")
         for r in new:
             if r.get("scenario") in ("decode", "ttft_max12") or r.get("op") == "serve":
-                keys = ("model", "provider", "scenario", "batch", "decode_tok_s", "decode_tok_s_total", "ttft_ms",
-                        "bw_frac", "concurrency", "output_tok_per_s", "ttft_p50_ms")  # fmt: skip
-                lines.append("  " + ", ".join(f"{k}={r[k]:.4g}" if isinstance(r[k], float) else f"{k}={r[k]}"
-                                              for k in keys if r.get(k) is not None))  # fmt: skip
+                keys = (
+                    "model",
+                    "provider",
+                    "scenario",
+                    "batch",
+                    "decode_tok_s",
+                    "decode_tok_s_total",
+                    "ttft_ms",
+                    "bw_frac",
+                    "concurrency",
+                    "output_tok_per_s",
+                    "ttft_p50_ms",
+                )
+                lines.append(
+                    "  "
+                    + ", ".join(
+                        f"{k}={r[k]:.4g}" if isinstance(r[k], float) else f"{k}={r[k]}"
+                        for k in keys
+                        if r.get(k) is not None
+                    )
+                )
     files = sorted(p.name for p in out.iterdir() if p.is_file())
     too_many = f"  MORE THAN {MAX_FILES}: some will not come back" if len(files) > MAX_FILES else ""
     lines.append(f"files in {out}: {len(files)} {files}{too_many}")
@@ -176,8 +222,11 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="a subset in under 4 minutes")
     p.add_argument("--rehearse", action="store_true", help="the same run on the CPU: tiny shapes, short boxes")
     p.add_argument("--budget", type=float, default=None, help="seconds for the whole run")
-    p.add_argument("--out", default=os.environ.get("OUT"), help="where the log and rows go (default: $OUT, else "
-                   "benchmarks/results/)")  # fmt: skip
+    p.add_argument(
+        "--out",
+        default=os.environ.get("OUT"),
+        help="where the log and rows go (default: $OUT, else benchmarks/results/)",
+    )
     args = p.parse_args()
     if not args.rehearse:
         try:

@@ -28,20 +28,27 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hovle.default_model.folder import config_dict  # noqa: E402
 from hovle.families.hovle.config import HoVLEConfig  # noqa: E402
 from hovle.families.hovle.model import HoVLEModel  # noqa: E402
 from hovle.families.hovle.weights import UNUSED_TENSORS, expected_tensors  # noqa: E402
 from hovle.kernels import get_ops  # noqa: E402
 from hovle.runtime.kv_cache import PagedKVCache  # noqa: E402
 from hovle.runtime.runner import ModelRunner  # noqa: E402
-from hovle.tooling.default_model import config_dict  # noqa: E402
 
 PAGE = 64
 H200_SMS = 132  # decode attention's split count depends on the SM count: the H200's
 TWO_KERNELS = {"decode_attention", "greedy"}
 GATHERS = {"index.Tensor", "index_select.default", "gather.default", "embedding.default"}
-NO_KERNEL = {"empty.memory_format", "empty_strided.default", "empty_like.default", "new_empty.default",
-             "new_empty_strided.default", "lift_fresh.default", "_to_copy.default"}  # fmt: skip
+NO_KERNEL = {
+    "empty.memory_format",
+    "empty_strided.default",
+    "empty_like.default",
+    "new_empty.default",
+    "new_empty_strided.default",
+    "lift_fresh.default",
+    "_to_copy.default",
+}
 
 
 def _bytes(t) -> int:
@@ -144,8 +151,11 @@ def _splits(batch: int, kv_heads: int, ctx: int) -> int:
 def _model(variant: str, extra_layers: int) -> HoVLEModel:
     raw = config_dict(variant, emb_layers=8 + extra_layers, llm_layers=24 + extra_layers)
     cfg = HoVLEConfig.from_dict(raw)
-    weights = {n: torch.empty(s, dtype=torch.bfloat16, device="meta") for n, s in expected_tensors(cfg).items()
-               if n not in UNUSED_TENSORS}  # fmt: skip
+    weights = {
+        n: torch.empty(s, dtype=torch.bfloat16, device="meta")
+        for n, s in expected_tensors(cfg).items()
+        if n not in UNUSED_TENSORS
+    }
     return HoVLEModel(cfg, weights, get_ops("triton", "meta"))
 
 
@@ -156,8 +166,15 @@ def decode_ledger(variant: str = "hovle", batch: int = 1, context: int = 1024, e
     cfg = model.cfg
     emb_ctx = context + (cfg.emb_tokens_per_tile - cfg.tokens_per_tile if cfg.is_hd else 0)
     pages = (math.ceil(emb_ctx / PAGE) + 1, math.ceil(context / PAGE) + 1)
-    runner = ModelRunner(model, max_batch=batch, num_pages=(batch * pages[0] + 1, batch * pages[1] + 1),
-                         page_size=PAGE, max_pages=pages, cuda_graphs=False, vocab_limit=None)  # fmt: skip
+    runner = ModelRunner(
+        model,
+        max_batch=batch,
+        num_pages=(batch * pages[0] + 1, batch * pages[1] + 1),
+        page_size=PAGE,
+        max_pages=pages,
+        cuda_graphs=False,
+        vocab_limit=None,
+    )
     ledger = Ledger(minimum=_minimum(model, batch, (emb_ctx, context)))
     rows = torch.arange(batch, device="meta")
     uniform = torch.empty(batch, device="meta")
@@ -171,8 +188,10 @@ def _minimum(model: HoVLEModel, batch: int, contexts: tuple[int, int]) -> int:
     layers = [layer for stack in (model.emb_stack, model.llm_stack) for layer in stack.layers]
     weights = sum(_bytes(t) for layer in layers for t in vars(layer).values())
     weights += _bytes(model.final_norm) + _bytes(model.head) + batch * model.text_table[0].numel() * 2
-    per_token = [PagedKVCache.bytes_per_token(s.num_layers, s.num_kv_heads, s.head_dim, torch.bfloat16)
-                 for s in (model.cfg.embedding.stack, model.cfg.llm.stack)]  # fmt: skip
+    per_token = [
+        PagedKVCache.bytes_per_token(s.num_layers, s.num_kv_heads, s.head_dim, torch.bfloat16)
+        for s in (model.cfg.embedding.stack, model.cfg.llm.stack)
+    ]
     return weights + batch * (contexts[0] * per_token[0] + contexts[1] * per_token[1])
 
 
@@ -188,8 +207,10 @@ def _print(ledger: Ledger, title: str, per_layer: float) -> None:
     for e in sorted(ledger.entries.values(), key=lambda e: -(e.read + e.written)):
         print(f"| {e.op} | {e.calls} | {e.launches} | {e.read / 1e6:.2f} | {e.written / 1e6:.2f} |")
     ratio = ledger.traffic / ledger.minimum
-    print(f"\nlaunches: {ledger.launches} per step, {per_layer:g} per decoder layer; traffic "
-          f"{ledger.traffic / 1e9:.3f} GB = {ratio:.3f} x the minimum {ledger.minimum / 1e9:.3f} GB (weights + KV)\n")
+    print(
+        f"\nlaunches: {ledger.launches} per step, {per_layer:g} per decoder layer; traffic "
+        f"{ledger.traffic / 1e9:.3f} GB = {ratio:.3f} x the minimum {ledger.minimum / 1e9:.3f} GB (weights + KV)\n"
+    )
 
 
 def main() -> int:
@@ -204,8 +225,11 @@ def main() -> int:
     os.environ["HOVLE_CHOOSE_NORM_LINEAR"] = args.norm_linear
     ledger = decode_ledger(args.variant, args.batch, args.context)
     per_layer = launches_per_layer(args.variant, args.batch, args.context)
-    _print(ledger, f"{args.variant} decode step, batch {args.batch}, context {args.context}, norm_linear "
-           f"{args.norm_linear}", per_layer)  # fmt: skip
+    _print(
+        ledger,
+        f"{args.variant} decode step, batch {args.batch}, context {args.context}, norm_linear {args.norm_linear}",
+        per_layer,
+    )
     return 0
 
 

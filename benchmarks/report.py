@@ -47,31 +47,61 @@ def _cpu_tables(cpu: list[dict]) -> list[str]:
     speed = [r for r in cpu if r["op"] == "default_model_generate"]
     if speed:
         lines += ["**Embedded default model on the CPU** (example image, greedy; " + _provenance(speed) + ")", ""]
-        lines += _table(speed, [("model", "model", "s"), ("batch", "batch", "d"), ("tiles", "tiles", "d"),
-                                ("prompt tokens", "prompt_tokens", "d"), ("TTFT ms", "ttft_ms", ".0f"),
-                                ("decode tok/s per sequence", "decode_tok_s", ".1f"),
-                                ("decode tok/s, all sequences", "decode_tok_s_total", ".1f")]) + [""]  # fmt: skip
+        lines += _table(
+            speed,
+            [
+                ("model", "model", "s"),
+                ("batch", "batch", "d"),
+                ("tiles", "tiles", "d"),
+                ("prompt tokens", "prompt_tokens", "d"),
+                ("TTFT ms", "ttft_ms", ".0f"),
+                ("decode tok/s per sequence", "decode_tok_s", ".1f"),
+                ("decode tok/s, all sequences", "decode_tok_s_total", ".1f"),
+            ],
+        ) + [""]
     return lines
 
 
 def _e2e_tables(rows: list[dict]) -> list[str]:
     """Our engine against the HF reference, side by side from the same run: TTFT per scenario, decode per batch."""
     if not rows:
-        return ["**End to end on a GPU**: not measured yet (`e2e.jsonl` has no rows; run `make gpu-check` on a GPU).",
-                ""]  # fmt: skip
+        return [
+            "**End to end on a GPU**: not measured yet (`e2e.jsonl` has no rows; run `make gpu-check` on a GPU).",
+            "",
+        ]
     lines = [f"**End to end, full-size checkpoints, bf16** ({_provenance(rows)})", ""]
     ttft = [r for r in rows if r["scenario"].startswith("ttft_")]
-    lines += _table(ttft, [("model", "model", "s"), ("provider", "provider", "s"), ("scenario", "scenario", "s"),
-                           ("prompt tokens", "prompt_tokens", "d"), ("TTFT ms", "ttft_ms", ".1f")]) + [""]  # fmt: skip
+    lines += _table(
+        ttft,
+        [
+            ("model", "model", "s"),
+            ("provider", "provider", "s"),
+            ("scenario", "scenario", "s"),
+            ("prompt tokens", "prompt_tokens", "d"),
+            ("TTFT ms", "ttft_ms", ".1f"),
+        ],
+    ) + [""]
     # Rows with burst_tok_s_total measured the steady step (every sequence running); older rows measured the
     # burst (the batch's prefill interleaved with the first sequences' decode), which undercounts large batches.
-    decode = [{**r, "method": "steady" if "burst_tok_s_total" in r or "step_ms" not in r else "burst"}
-              for r in rows if r["scenario"] == "decode"]  # fmt: skip
-    lines += _table(decode, [("model", "model", "s"), ("provider", "provider", "s"), ("batch", "batch", "d"),
-                             ("rate", "method", "s"),
-                             ("tok/s per user", "decode_tok_s", ".1f"), ("tok/s total", "decode_tok_s_total", ".0f"),
-                             ("step ms", "step_ms", ".2f"), ("of copy BW", "bw_frac", ".2f"),
-                             ("peak GB", "peak_mem_gb", ".1f")]) + [""]  # fmt: skip
+    decode = [
+        {**r, "method": "steady" if "burst_tok_s_total" in r or "step_ms" not in r else "burst"}
+        for r in rows
+        if r["scenario"] == "decode"
+    ]
+    lines += _table(
+        decode,
+        [
+            ("model", "model", "s"),
+            ("provider", "provider", "s"),
+            ("batch", "batch", "d"),
+            ("rate", "method", "s"),
+            ("tok/s per user", "decode_tok_s", ".1f"),
+            ("tok/s total", "decode_tok_s_total", ".0f"),
+            ("step ms", "step_ms", ".2f"),
+            ("of copy BW", "bw_frac", ".2f"),
+            ("peak GB", "peak_mem_gb", ".1f"),
+        ],
+    ) + [""]
     breakdown = [r for r in rows if r["scenario"] == "step_breakdown"]
     if breakdown:
         kinds = sorted({k for r in breakdown for k in r if k.endswith("_us") and k != "step_device_us"})
@@ -87,20 +117,44 @@ def section() -> str:
     lines += _e2e_tables(_rows("e2e.jsonl"))
     serve = _rows("serve.jsonl")
     if serve:
-        lines += [f"**Serving** (`benchmarks/bench_serve.py`, streaming, one image per request; {_provenance(serve)})",
-                  ""]  # fmt: skip
-        lines += _table(serve, [("model", "model", "s"), ("concurrency", "concurrency", "d"),
-                                ("requests", "requests", "d"), ("req/s", "req_per_s", ".2f"),
-                                ("output tok/s", "output_tok_per_s", ".0f"), ("TTFT p50 ms", "ttft_p50_ms", ".0f"),
-                                ("TTFT p99 ms", "ttft_p99_ms", ".0f"), ("per-token p50 ms", "tpot_p50_ms", ".1f"),
-                                ("per-token p99 ms", "tpot_p99_ms", ".1f"), ("lost", "lost", "d")]) + [""]  # fmt: skip
+        lines += [
+            f"**Serving** (`benchmarks/bench_serve.py`, streaming, one image per request; {_provenance(serve)})",
+            "",
+        ]
+        lines += _table(
+            serve,
+            [
+                ("model", "model", "s"),
+                ("concurrency", "concurrency", "d"),
+                ("requests", "requests", "d"),
+                ("req/s", "req_per_s", ".2f"),
+                ("output tok/s", "output_tok_per_s", ".0f"),
+                ("TTFT p50 ms", "ttft_p50_ms", ".0f"),
+                ("TTFT p99 ms", "ttft_p99_ms", ".0f"),
+                ("per-token p50 ms", "tpot_p50_ms", ".1f"),
+                ("per-token p99 ms", "tpot_p99_ms", ".1f"),
+                ("lost", "lost", "d"),
+            ],
+        ) + [""]
     for name, title in (("kernels.jsonl", "Kernels"), ("preprocess.jsonl", "Preprocess")):
         rows = _rows(name)
         if not rows:
             lines += [f"**{title}**: not measured yet (`{name}` has no rows).", ""]
             continue
-        columns = ("op", "shape", "max_num", "tiles", "provider", "dtype", "timing", "ms", "gbps", "tflops",
-                   "peak_frac", "speedup_vs_python")  # fmt: skip
+        columns = (
+            "op",
+            "shape",
+            "max_num",
+            "tiles",
+            "provider",
+            "dtype",
+            "timing",
+            "ms",
+            "gbps",
+            "tflops",
+            "peak_frac",
+            "speedup_vs_python",
+        )
         keys = [k for k in columns if any(k in r for r in rows)]
         fmt = {"ms": ".3f", "gbps": ".0f", "tflops": ".1f", "peak_frac": ".2f", "speedup_vs_python": ".1f"}
         lines += [f"**{title}** ({_provenance(rows)})", ""]

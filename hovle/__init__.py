@@ -10,22 +10,42 @@ from importlib import import_module
 from typing import TYPE_CHECKING
 
 _EXPORTS = {
-    "Engine": ".engine", "Stream": ".engine",
-    "ConfigError": ".errors", "HoVLEError": ".errors", "ImageError": ".errors", "InputError": ".errors",
-    "TokenizerError": ".errors", "WeightsError": ".errors",
-    "GenerationResult": ".generation", "SamplingParams": ".generation", "Timings": ".generation",
+    "Engine": ".engine",
+    "Stream": ".handles",
+    "Handle": ".handles",
+    "ConfigError": ".errors",
+    "HoVLEError": ".errors",
+    "ImageError": ".errors",
+    "InputError": ".errors",
+    "TokenizerError": ".errors",
+    "WeightsError": ".errors",
+    "GenerationResult": ".generation",
+    "SamplingParams": ".generation",
+    "Timings": ".generation",
     "HoVLEConfig": ".families.hovle.config",
-}  # fmt: skip
+}
 __all__ = [
-    "ConfigError", "Engine", "GenerationResult", "HoVLEConfig", "HoVLEError", "ImageError", "InputError",
-    "SamplingParams", "Stream", "Timings", "TokenizerError", "WeightsError",
-]  # fmt: skip
+    "ConfigError",
+    "Engine",
+    "Handle",
+    "GenerationResult",
+    "HoVLEConfig",
+    "HoVLEError",
+    "ImageError",
+    "InputError",
+    "SamplingParams",
+    "Stream",
+    "Timings",
+    "TokenizerError",
+    "WeightsError",
+]
 
 if TYPE_CHECKING:
-    from .engine import Engine, Stream
+    from .engine import Engine
     from .errors import ConfigError, HoVLEError, ImageError, InputError, TokenizerError, WeightsError
     from .families.hovle.config import HoVLEConfig
     from .generation import GenerationResult, SamplingParams, Timings
+    from .handles import Handle, Stream
 
 
 def __getattr__(name: str):

@@ -29,8 +29,12 @@ def _add_engine(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", choices=("auto", "triton", "torch", "flash-attn"))
     p.add_argument("--hd-decode", default="natural", choices=("natural", "reference-quirk"))
     p.add_argument("--no-cuda-graph", action="store_true", help="decode eagerly instead of replaying CUDA graphs")
-    p.add_argument("--preprocess", default="auto", choices=("auto", "python", "native"),
-                   help="image preprocessing: native C++ (when built) or PIL")  # fmt: skip
+    p.add_argument(
+        "--preprocess",
+        default="auto",
+        choices=("auto", "python", "native"),
+        help="image preprocessing: native C++ (when built) or PIL",
+    )
     p.add_argument("--max-tiles", type=int, default=None, help="raise the per-image tile limit (hard cap 128)")
 
 
@@ -62,8 +66,11 @@ def _parser() -> argparse.ArgumentParser:
     write.add_argument("--out", required=True)
     write.add_argument("--variant", default="hovle", choices=("hovle", "hovle-hd"))
     write.add_argument("--overwrite", action="store_true")
-    write.add_argument("--random", action="store_true", help="random weights (the tiny sizes, or the real ones "
-                       "with --full-size) instead of the trained model")  # fmt: skip
+    write.add_argument(
+        "--random",
+        action="store_true",
+        help="random weights (the tiny sizes, or the real ones with --full-size) instead of the trained model",
+    )
     write.add_argument("--full-size", action="store_true", help="with --random: the released HoVLE sizes (~10 GB)")
     from .serve.cli import add_serve_parser
 
@@ -74,16 +81,29 @@ def _parser() -> argparse.ArgumentParser:
 def _engine(args, path, **extra):
     from .engine import Engine
 
-    return Engine.from_pretrained(path, args.device, args.dtype, backend=args.backend, hd_decode=args.hd_decode,
-                                  cuda_graphs=not args.no_cuda_graph, preprocess=args.preprocess,
-                                  max_tiles=args.max_tiles, **extra)  # fmt: skip
+    return Engine.from_pretrained(
+        path,
+        args.device,
+        args.dtype,
+        backend=args.backend,
+        hd_decode=args.hd_decode,
+        cuda_graphs=not args.no_cuda_graph,
+        preprocess=args.preprocess,
+        max_tiles=args.max_tiles,
+        **extra,
+    )
 
 
 def _sampling(args) -> dict:
     return dict(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty, seed=args.seed, stop=args.stop,
-    )  # fmt: skip
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+        stop=args.stop,
+    )
 
 
 def _show_prompt(engine, req) -> str:
@@ -98,14 +118,18 @@ def _show_request(engine, req) -> None:
     print("  " + _show_prompt(engine, req).replace("\n", "\n  "))
     for i, (grid, n) in enumerate(zip(req.grids, req.tiles)):
         thumb = " + thumbnail" if n > grid[0] * grid[1] else ""
-        print(f"image {i}: {grid[0]}x{grid[1]} grid of {engine.cfg.image_size}px tiles{thumb} = {n} tiles"
-              f" (preprocessing: {', '.join(req.paths)}, {req.preprocess_s * 1e3:.1f} ms)")  # fmt: skip
+        print(
+            f"image {i}: {grid[0]}x{grid[1]} grid of {engine.cfg.image_size}px tiles{thumb} = {n} tiles"
+            f" (preprocessing: {', '.join(req.paths)}, {req.preprocess_s * 1e3:.1f} ms)"
+        )
 
 
 def _show_timings(result) -> None:
     t = result.timings
-    print(f"tokens: {len(result.token_ids)} generated ({result.finish_reason}); preprocess {t.preprocess_s * 1e3:.1f}"
-          f" ms, time to first token {t.ttft_s * 1e3:.1f} ms, decode {t.decode_tok_s:.1f} tokens/s")  # fmt: skip
+    print(
+        f"tokens: {len(result.token_ids)} generated ({result.finish_reason}); preprocess {t.preprocess_s * 1e3:.1f}"
+        f" ms, time to first token {t.ttft_s * 1e3:.1f} ms, decode {t.decode_tok_s:.1f} tokens/s"
+    )
 
 
 def _generate(engine, args, title: str) -> None:
@@ -129,7 +153,7 @@ def _generate(engine, args, title: str) -> None:
 
 def _demo(engine, title: str) -> None:
     """The example image's questions, asked as one batch; each answer beside the one the scene generator knows."""
-    from .tooling.default_model import EXAMPLE_IMAGE, example_questions
+    from .default_model.folder import EXAMPLE_IMAGE, example_questions
 
     qa = example_questions()
     print(f"== {title}")
@@ -142,7 +166,7 @@ def _demo(engine, title: str) -> None:
 
 
 def _write_default(args) -> Path:
-    from .tooling.default_model import copy_default_model, write_default_model
+    from .default_model.folder import copy_default_model, write_default_model
 
     if not args.random:
         return copy_default_model(args.out, args.variant, overwrite=args.overwrite)
@@ -150,7 +174,7 @@ def _write_default(args) -> Path:
 
 
 def _dispatch(args) -> None:
-    from .tooling.default_model import ensure_default_model
+    from .default_model.folder import ensure_default_model
 
     if args.cmd == "write-default":
         print(_write_default(args))
@@ -162,7 +186,7 @@ def _dispatch(args) -> None:
 
         serve(args, _engine)
     else:
-        print("The embedded default model is a tiny HoVLE trained on generated scenes (hovle/tooling/scenes.py):")
+        print("The embedded default model is a tiny HoVLE trained on generated scenes (hovle/default_model/scenes.py):")
         print("it answers questions about such pictures and knows nothing else. Point `generate --model` at real")
         print("HoVLE weights for anything else.")
         for variant in ("hovle", "hovle-hd") if args.variant == "both" else (args.variant,):

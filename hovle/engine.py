@@ -16,7 +16,6 @@ import dataclasses
 import queue
 import time
 import weakref
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,8 @@ import torch
 
 from .errors import InputError
 from .families import family_for
-from .generation import GenerationResult, SamplingParams, Timings
+from .generation import GenerationResult, SamplingParams
+from .handles import Handle, Stream
 from .kernels import get_ops
 from .options import IDLE_CHUNK, EngineOptions
 from .prompt import split_images
@@ -35,43 +35,6 @@ from .runtime.runner import ModelRunner
 from .runtime.scheduler import Scheduler
 from .runtime.sequence import Sequence
 from .runtime.sizing import Sizing
-
-
-class Stream:
-    """Iterates over text deltas of a streamed generation (for a batch: (index, delta) pairs); `results` holds
-    the GenerationResults once the iteration is over (`result` is the only one of a single prompt). Closing it
-    early cancels the requests still running."""
-
-    def __init__(self, events: Iterator[tuple[int, str]], single: bool, results: list):
-        self._events, self._single, self.results = events, single, results
-
-    def __iter__(self):
-        for index, delta in self._events:
-            yield delta if self._single else (index, delta)
-
-    def close(self) -> None:
-        self._events.close()
-
-    @property
-    def result(self) -> GenerationResult:
-        return self.results[0]
-
-
-class Handle:
-    """A submitted request: `cancel()` it at any time; `result()` once its Done event has arrived."""
-
-    def __init__(self, seq: Sequence, loop: EngineLoop, start: float):
-        self._seq, self._loop, self._start = seq, loop, start
-
-    @property
-    def index(self) -> int:
-        return self._seq.index
-
-    def cancel(self) -> None:
-        self._loop.cancel([self._seq])
-
-    def result(self) -> GenerationResult:
-        return result_of(self._seq, self._start)
 
 
 class Engine:
@@ -91,8 +54,10 @@ class Engine:
         kv_page_size, prefill_chunk, prefix_caching. Every option is checked before any weight is read."""
         unknown = sorted(set(options) - {f.name for f in dataclasses.fields(EngineOptions)})
         if unknown:
-            raise InputError(f"unknown engine option(s) {unknown}; expected some of "
-                             f"{[f.name for f in dataclasses.fields(EngineOptions)]}")  # fmt: skip
+            raise InputError(
+                f"unknown engine option(s) {unknown}; expected some of "
+                f"{[f.name for f in dataclasses.fields(EngineOptions)]}"
+            )
         opts = EngineOptions(device=device, dtype=dtype, **options).checked()
         try:
             ops = get_ops(opts.backend, opts.device.type)
@@ -130,8 +95,16 @@ class Engine:
         return max(1, min(params.max_new_tokens, room))
 
     # ---- generation ---------------------------------------------------------------------------------------
-    def generate(self, prompts: str | list[str], images: Any = None, *, stream: bool = False,
-                 max_num: int | None = None, raw: bool = False, **sampling) -> GenerationResult | list | Stream:
+    def generate(
+        self,
+        prompts: str | list[str],
+        images: Any = None,
+        *,
+        stream: bool = False,
+        max_num: int | None = None,
+        raw: bool = False,
+        **sampling,
+    ) -> GenerationResult | list | Stream:
         """One prompt (a user turn) or a list of them. `images`: for one prompt an image or a list of images;
         for a list of prompts a list with one entry (None, an image or a list of images) per prompt.
         Sampling: max_new_tokens, temperature (0 = greedy), top_k, top_p, repetition_penalty, seed, stop,
@@ -144,12 +117,15 @@ class Engine:
         if raw:
             requests = [self.builder.build([], imgs, max_num, raw=p) for p, imgs in zip(prompt_list, image_lists)]
         else:
-            requests = [self.builder.build([{"role": "user", "content": p}], imgs, max_num)
-                        for p, imgs in zip(prompt_list, image_lists)]  # fmt: skip
+            requests = [
+                self.builder.build([{"role": "user", "content": p}], imgs, max_num)
+                for p, imgs in zip(prompt_list, image_lists)
+            ]
         return self._run(requests, single, stream, sampling)
 
-    def chat(self, messages: list[dict], images: Any = None, *, stream: bool = False, max_num: int | None = None,
-             **sampling) -> GenerationResult | Stream:  # fmt: skip
+    def chat(
+        self, messages: list[dict], images: Any = None, *, stream: bool = False, max_num: int | None = None, **sampling
+    ) -> GenerationResult | Stream:
         """Multi-turn: messages = [{"role": "user"|"assistant", "content": str}, ...] ending with a user turn (a
         leading {"role": "system"} message replaces the default system message)."""
         imgs = split_images(images, True, 1)[0]
@@ -177,15 +153,25 @@ class Engine:
         s, sched, step = self.scheduler.stats, self.scheduler, self.runner.step
         used, total = sched.pages.usage()
         return {
-            "waiting": len(sched.waiting), "prefilling": len(sched.prefilling), "running": len(sched.running),
-            "requests_finished": s.requests_finished, "requests_failed": s.requests_failed,
-            "requests_cancelled": s.requests_cancelled, "generated_tokens": s.generated_tokens,
-            "prefill_tokens": s.prefill_tokens, "prefix_hit_tokens": s.prefix_hit_tokens,
-            "prefix_hit_requests": s.prefix_hit_requests, "preemptions": s.preemptions,
-            "decode_steps": s.decode_steps, "graph_replays": step.replays, "eager_steps": step.eager_steps,
-            "kv_pages_used": used, "kv_pages_total": total, "kv_stacks": tuple(k.name for k in self.model.stacks),
+            "waiting": len(sched.waiting),
+            "prefilling": len(sched.prefilling),
+            "running": len(sched.running),
+            "requests_finished": s.requests_finished,
+            "requests_failed": s.requests_failed,
+            "requests_cancelled": s.requests_cancelled,
+            "generated_tokens": s.generated_tokens,
+            "prefill_tokens": s.prefill_tokens,
+            "prefix_hit_tokens": s.prefix_hit_tokens,
+            "prefix_hit_requests": s.prefix_hit_requests,
+            "preemptions": s.preemptions,
+            "decode_steps": s.decode_steps,
+            "graph_replays": step.replays,
+            "eager_steps": step.eager_steps,
+            "kv_pages_used": used,
+            "kv_pages_total": total,
+            "kv_stacks": tuple(k.name for k in self.model.stacks),
             "free_rows": len(sched.free_rows),
-        }  # fmt: skip
+        }
 
     def latency(self) -> dict:
         """The latency histograms: "ttft" (submission to first token) and "tpot" (between a sequence's tokens)."""
@@ -197,8 +183,10 @@ class Engine:
         Failed(index, error). Returns a Handle per request (cancel, result). For servers."""
         budgets = [self._budget(r, params) for r in requests]
         start = time.perf_counter() - max((r.preprocess_s for r in requests), default=0.0)
-        seqs = [Sequence(r, params, b, events, len(self.model.stacks), index=i, stream=stream)
-                for i, (r, b) in enumerate(zip(requests, budgets))]  # fmt: skip
+        seqs = [
+            Sequence(r, params, b, events, len(self.model.stacks), index=i, stream=stream)
+            for i, (r, b) in enumerate(zip(requests, budgets))
+        ]
         self.loop.submit(seqs)
         return [Handle(seq, self.loop, start) for seq in seqs]
 
@@ -242,26 +230,27 @@ def _runtime(loaded, opts: EngineOptions, ops) -> tuple[EngineLoop, EngineOption
     loop."""
     model, tokenizer = loaded.model, loaded.tokenizer
     sizing = Sizing(model, ops, opts.max_context, opts.max_batch, opts.kv_cache_memory, opts.kv_page_size)
-    runner = ModelRunner(model, max_batch=sizing.max_batch, num_pages=sizing.num_pages, page_size=sizing.page_size,
-                         max_pages=sizing.max_pages, cuda_graphs=opts.cuda_graphs,
-                         vocab_limit=tokenizer.vocab_size if tokenizer.vocab_size < model.vocab_size else None)
+    runner = ModelRunner(
+        model,
+        max_batch=sizing.max_batch,
+        num_pages=sizing.num_pages,
+        page_size=sizing.page_size,
+        max_pages=sizing.max_pages,
+        cuda_graphs=opts.cuda_graphs,
+        vocab_limit=tokenizer.vocab_size if tokenizer.vocab_size < model.vocab_size else None,
+    )
     runner.step.capture_all(sizing.max_batch)  # CUDA graphs of the common decode mode, before any request
     chunk = opts.prefill_chunk or (4096 if opts.device.type == "cuda" else 2048)
     pages = PageTables(model.stacks, sizing.num_pages, sizing.page_size, opts.prefix_caching)
-    scheduler = Scheduler(pages, max_batch=sizing.max_batch, prefill_chunk=chunk,
-                          idle_chunk=opts.prefill_chunk or IDLE_CHUNK, eos_id=tokenizer.im_end_id,
-                          plan_prompt=model.plan_prompt,
-                          recomputable=all(s.grows_in_decode for s in model.stacks))  # fmt: skip
+    scheduler = Scheduler(
+        pages,
+        max_batch=sizing.max_batch,
+        prefill_chunk=chunk,
+        idle_chunk=opts.prefill_chunk or IDLE_CHUNK,
+        eos_id=tokenizer.im_end_id,
+        plan_prompt=model.plan_prompt,
+        recomputable=all(s.grows_in_decode for s in model.stacks),
+    )
     # an id the tokenizer lacks adds no text, never an error
     loop = EngineLoop(scheduler, runner, lambda ids: tokenizer.decode(ids, unknown="skip"), opts.max_queue)
     return loop, opts, sizing.max_context
-
-
-def result_of(seq: Sequence, start: float) -> GenerationResult:
-    """The GenerationResult of a finished sequence (`start`: when the caller's request began)."""
-    req = seq.request
-    t_first = seq.t_first or seq.t_done
-    timing = Timings(req.preprocess_s, t_first - start, seq.t_done - t_first, max(len(seq.generated) - 1, 0),
-                     seq.t_done - start)  # fmt: skip
-    return GenerationResult(seq.text.final_text(), seq.text.ids, len(req.stack_ids(seq.stacks - 1)),
-                            seq.finish_reason, req.tiles, timing, seq.reused[-1])  # fmt: skip

@@ -51,8 +51,9 @@ class SamplingParams:
             raise InputError(f"stop = {stop!r}; expected a non-empty string or a list of non-empty strings")
         unknown = sorted(set(kw) - {f for f in cls.__dataclass_fields__ if f != "stop"})
         if unknown:
-            raise InputError(f"unknown sampling parameter(s) {unknown}; expected some of "
-                             f"{sorted(cls.__dataclass_fields__)}")  # fmt: skip
+            raise InputError(
+                f"unknown sampling parameter(s) {unknown}; expected some of {sorted(cls.__dataclass_fields__)}"
+            )
         return cls(stop=(stop,) if isinstance(stop, str) else tuple(stop or ()), **kw)
 
     def generator(self) -> torch.Generator | None:

@@ -18,9 +18,13 @@ IDLE_CHUNK = 16384  # prefill positions per forward while nothing decodes (unles
 MAX_TILES_CAP = 128  # no option raises the per-image tile budget past this (32k LLM tokens per image)
 HD_DECODE_MODES = ("natural", "reference-quirk")
 _DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16,
-}  # fmt: skip
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 _COUNTS = ("max_context", "max_batch", "max_queue", "max_tiles", "kv_cache_memory", "kv_page_size", "prefill_chunk")
 
 

@@ -59,7 +59,7 @@ _TEMPLATES = {
         system_message="你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，"
         "英文名叫InternVL, 是一个有用无害的人工智能助手。",
         roles=("system\n", "user\n", "assistant\n"),
-    ),
+    )
 }
 
 
@@ -170,5 +170,6 @@ def split_images(images: Any, single: bool, n: int) -> list[list]:
 
 def render(segments: list[Segment], image_text: list[str]) -> str:
     """The prompt as one string (for display and for the raw-prompt path), image i written as image_text[i]."""
-    return "".join(s if isinstance(s, str) else s.token if isinstance(s, Special) else image_text[s.index]
-                   for s in segments)  # fmt: skip
+    return "".join(
+        s if isinstance(s, str) else s.token if isinstance(s, Special) else image_text[s.index] for s in segments
+    )

@@ -8,7 +8,6 @@ torch's threads per test process (gpu-check: 16 cores shared by its workers); HO
 traceback the moment it happens (a run killed at its time limit keeps them).
 """
 
-import dataclasses
 import os
 import sys
 
@@ -38,12 +37,43 @@ def pytest_runtest_logreport(report):
         sys.stderr.flush()
 
 
-def kernel_device() -> str:
-    """Where Triton kernel tests run: the GPU when there is one, else the CPU through the interpreter."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
+@pytest.fixture(scope="module")
+def make_engine(tmp_path_factory):
+    """The tests' one engine factory: make_engine(name, variant="hovle", checkpoint={...}, **options) writes the tiny
+    checkpoint `name` (hovle.default_model.cases.make_checkpoint, `checkpoint` its config overrides) once per module
+    and loads it (on the CPU in fp32 unless options say otherwise). Every engine it made is closed when the module
+    ends."""
+    from hovle import Engine
+    from hovle.default_model.cases import make_checkpoint
+
+    root, made = tmp_path_factory.mktemp("engines"), []
+
+    def make(name: str = "pre", variant: str = "hovle", checkpoint: dict | None = None, **options):
+        options = {"device": "cpu", "dtype": torch.float32, **options}
+        made.append(Engine.from_pretrained(make_checkpoint(root, name, variant, **(checkpoint or {})), **options))
+        return made[-1]
+
+    make.root = root
+    yield make
+    for engine in made:
+        engine.close()
 
 
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory):
+    """A tiny tokenizer's files, trained once per module (the InternLM2 layout, added tokens at the top)."""
+    from hovle.default_model.tokenizer_trainer import write_tokenizer_files
+
+    path = tmp_path_factory.mktemp("tokenizer") / "tiny"
+    write_tokenizer_files(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tok(tok_dir):
+    from hovle.loaders.tokenizer import Tokenizer
+
+    return Tokenizer.from_dir(tok_dir)
 
 
 @pytest.fixture
@@ -60,24 +90,3 @@ def selected_logits(monkeypatch):
 
     monkeypatch.setattr(ModelRunner, "select", spy)
     return seen
-
-
-def assert_parting_is_a_near_tie(engine, req, want: list[int], got: list[int], bound: float, other=None) -> None:
-    """Two greedy runs of one request (`want` from `engine`, `got` from another path) may part only at a near tie:
-    where `engine`'s logits after the common prefix have their top two within `bound` (with `other`, the other
-    path's engine, the bound adds twice the two engines' logit difference there: their error at that very step)
-    and `got`'s token is one of them. After the first parting the runs see different contexts: not compared."""
-    if want == got:
-        return
-    step = next(i for i, (a, b) in enumerate(zip(want + [-1], got + [-2])) if a != b)
-    fed = want[:step]
-    at = dataclasses.replace(req, ids_llm=req.ids_llm + fed, ids_emb=req.ids_emb + fed)
-    logits = engine.prompt_logits(at)[-1].cpu()
-    if other is not None:
-        bound += 2 * float((other.prompt_logits(at)[-1].cpu() - logits).abs().max())
-    top2 = logits.topk(2).values
-    margin = float(top2[0] - top2[1])
-    assert margin < bound, f"{req.ids_llm[-8:]}: parted at step {step} with top-2 margin {margin:.3g} >= {bound:.3g}"
-    if step < len(got):
-        gap = float(logits.max() - logits[got[step]])
-        assert gap < bound, f"step {step}: token {got[step]} is {gap:.3g} below the best (bound {bound:.3g})"

@@ -30,8 +30,13 @@ def _results_state() -> dict:
 
 def test_e2e_benchmark_smoke_run_covers_every_provider():
     before = _results_state()
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_e2e.py"), "--smoke", "--models", "hovle-hd"],
-                         capture_output=True, text=True, timeout=600, cwd=ROOT)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_e2e.py"), "--smoke", "--models", "hovle-hd"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     providers = {r["provider"] for r in rows}
@@ -46,8 +51,13 @@ def test_gpu_check_without_a_gpu_says_so_and_exits_0():
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is here: make gpu-check would run for minutes")
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py")], capture_output=True, text=True,
-                         timeout=120, cwd=ROOT)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert out.returncode == 0 and "no CUDA GPU here" in out.stdout
 
 
@@ -62,8 +72,13 @@ def test_gpu_check_rehearsal_runs_every_step_and_leaves_its_results_in_out(tmp_p
     from benchmarks.gpu_check import MAX_FILES
 
     before = _results_state()
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--rehearse", "--out",
-                          str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=ROOT)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--rehearse", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     log = (tmp_path / "gpu-check.log").read_text()
     for name in ("build", "gpu tests", "full-size check", "e2e", "kernels", "serve"):
@@ -71,8 +86,18 @@ def test_gpu_check_rehearsal_runs_every_step_and_leaves_its_results_in_out(tmp_p
     assert " passed" in log and "FAILED" not in log  # the test step's pytest output is in the log
     e2e, kernels, serve = (_rows(tmp_path / f) for f in ("e2e.jsonl", "kernels.jsonl", "serve.jsonl"))
     assert {r["provider"] for r in e2e} >= {"engine-torch-eager", "hf-reference-sdpa", "hf-reference-static-compile"}
-    assert {r["op"] for r in kernels} == {"rms_norm", "swiglu", "norm_linear", "rotary", "kv_store", "attention",
-                                          "decode_attention", "patch_embed", "pixel_shuffle", "sample"}  # fmt: skip
+    assert {r["op"] for r in kernels} == {
+        "rms_norm",
+        "swiglu",
+        "norm_linear",
+        "rotary",
+        "kv_store",
+        "attention",
+        "decode_attention",
+        "patch_embed",
+        "pixel_shuffle",
+        "sample",
+    }
     assert len(serve) == 2 and all(r["lost"] == 0 for r in serve)
     assert all(r.get("rehearsal") is True and r["commit"] for r in e2e + kernels + serve)
     files = [p for p in tmp_path.iterdir()]
@@ -85,8 +110,11 @@ def test_every_row_carries_the_choices_autoselect_made():
     from benchmarks.common import provenance
     from hovle.kernels.autoselect import Choice
 
-    choice = Choice("row_test", {"slow": lambda: 1, "fast": lambda: 2, "broken": lambda: 1 / 0},
-                    timer=lambda fn: {1: 2.0, 2: 1.0}[fn()])  # fmt: skip
+    choice = Choice(
+        "row_test",
+        {"slow": lambda: 1, "fast": lambda: 2, "broken": lambda: 1 / 0},
+        timer=lambda fn: {1: 2.0, 2: 1.0}[fn()],
+    )
     choice.pick(("shape", 7), (), {}, measurable=True)
     prov = provenance()
     assert prov["choices"]["row_test"] == {"('shape', 7)": "fast"}

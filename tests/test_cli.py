@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from hovle.__main__ import main
-from hovle.tooling.cases import make_checkpoint, noise_image
+from hovle.default_model.cases import make_checkpoint, noise_image
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +87,22 @@ def test_invalid_utf8_prompt_and_triton_without_a_gpu(ckpt):
 def test_generate_runs_and_prints_the_prompt_and_tiles(ckpt, tmp_path):
     img = tmp_path / "img.png"
     noise_image(120, 80, 3).save(img)
-    out = _run(["generate", "--model", str(ckpt), "--image", str(img), "--prompt", "Describe.", "--max-new-tokens",
-                "6", "--stream", "--max-num", "2"])  # fmt: skip
+    out = _run(
+        [
+            "generate",
+            "--model",
+            str(ckpt),
+            "--image",
+            str(img),
+            "--prompt",
+            "Describe.",
+            "--max-new-tokens",
+            "6",
+            "--stream",
+            "--max-num",
+            "2",
+        ]
+    )
     text = out.stdout.decode()
     assert out.returncode == 0, out.stderr.decode()
     assert "2x1 grid" in text and "tokens: 6 generated" in text and "<IMG_CONTEXT>x" in text

@@ -12,16 +12,22 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from hovle import Engine, GenerationResult, HoVLEError
-from hovle.tooling.cases import make_checkpoint
+from hovle import GenerationResult, HoVLEError
 
 SETTINGS = settings(max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 SPECIALS = ["<|im_end|>", "<|im_start|>", "<image>", "<img>", "</img>", "<IMG_CONTEXT>", "<s>", "</s>", "\n", " "]
 
 pieces = st.lists(st.sampled_from(SPECIALS) | st.text(max_size=5), max_size=8)
 text = st.one_of(st.text(max_size=60), pieces.map("".join))
-junk = st.one_of(st.none(), st.integers(), st.floats(allow_nan=True), st.text(max_size=5), st.booleans(),
-                 st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+junk = st.one_of(
+    st.none(),
+    st.integers(),
+    st.floats(allow_nan=True),
+    st.text(max_size=5),
+    st.booleans(),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
 
 
 @st.composite
@@ -42,22 +48,30 @@ def images(draw):
     return arr
 
 
-sampling = st.fixed_dictionaries({}, optional={
-    "max_new_tokens": st.one_of(st.integers(-2, 4), junk), "temperature": st.one_of(st.floats(-1, 3), junk),
-    "top_k": st.one_of(st.integers(-2, 50), junk), "top_p": st.one_of(st.floats(-0.5, 1.5), junk),
-    "repetition_penalty": st.one_of(st.floats(-1, 3), junk), "seed": st.one_of(st.integers(-5, 2**64), junk),
-    "stop": st.one_of(text, st.lists(text, max_size=3), junk), "ignore_eos": st.one_of(st.booleans(), junk),
-})  # fmt: skip
-message = st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system", "tool"]) | junk,
-                                 "content": st.one_of(text, st.lists(text | junk, max_size=3), junk)})  # fmt: skip
+sampling = st.fixed_dictionaries(
+    {},
+    optional={
+        "max_new_tokens": st.one_of(st.integers(-2, 4), junk),
+        "temperature": st.one_of(st.floats(-1, 3), junk),
+        "top_k": st.one_of(st.integers(-2, 50), junk),
+        "top_p": st.one_of(st.floats(-0.5, 1.5), junk),
+        "repetition_penalty": st.one_of(st.floats(-1, 3), junk),
+        "seed": st.one_of(st.integers(-5, 2**64), junk),
+        "stop": st.one_of(text, st.lists(text, max_size=3), junk),
+        "ignore_eos": st.one_of(st.booleans(), junk),
+    },
+)
+message = st.fixed_dictionaries(
+    {
+        "role": st.sampled_from(["user", "assistant", "system", "tool"]) | junk,
+        "content": st.one_of(text, st.lists(text | junk, max_size=3), junk),
+    }
+)
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    eng = Engine.from_pretrained(make_checkpoint(tmp_path_factory.mktemp("fuzz"), "pre"), device="cpu",
-                                 dtype=torch.float32, max_context=600)  # fmt: skip
-    yield eng
-    eng.close()
+def engine(make_engine):
+    return make_engine("pre", max_context=600)
 
 
 def _bounded(kw: dict) -> dict:

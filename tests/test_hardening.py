@@ -12,21 +12,19 @@ import pytest
 import torch
 
 from hovle import Engine, HoVLEError, InputError, WeightsError
+from hovle.default_model.cases import make_checkpoint, noise_image
 from hovle.errors import NumericsError
 from hovle.prompt import get_template
-from hovle.tooling.cases import make_checkpoint, noise_image
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return tmp_path_factory.mktemp("hardening")
+def engine(make_engine):
+    return make_engine("pre", max_context=1024)
 
 
 @pytest.fixture(scope="module")
-def engine(root):
-    eng = Engine.from_pretrained(make_checkpoint(root, "pre"), device="cpu", dtype=torch.float32, max_context=1024)
-    yield eng
-    eng.close()
+def root(make_engine):
+    return make_engine.root
 
 
 PROMPTS = ["Describe the picture.", "What colour is the sky?", "Count the trees.", "Hi.", "Tell me a story."]
@@ -37,8 +35,9 @@ def test_threads_calling_generate_each_get_their_own_answer(engine):
     expected = [engine.generate(p, img, max_num=2, max_new_tokens=16).token_ids for p, img in zip(PROMPTS, images)]
     jobs = [(i % len(PROMPTS)) for i in range(20)]
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        got = list(pool.map(lambda i: engine.generate(PROMPTS[i], images[i], max_num=2, max_new_tokens=16).token_ids,
-                            jobs))  # fmt: skip
+        got = list(
+            pool.map(lambda i: engine.generate(PROMPTS[i], images[i], max_num=2, max_new_tokens=16).token_ids, jobs)
+        )
     assert got == [expected[i] for i in jobs]
 
 
@@ -72,8 +71,14 @@ def test_closing_a_stream_cancels_it_and_frees_its_pages(engine):
 def test_a_huge_token_budget_allocates_only_what_is_generated(root):
     """256 prompts asking for 10**9 tokens: the budget is the context, pages come as tokens do, preemption makes
     room when they run out, and every request ends."""
-    eng = Engine.from_pretrained(make_checkpoint(root, "pre"), device="cpu", dtype=torch.float32, max_context=192,
-                                 kv_cache_memory=3 << 20, kv_page_size=16)  # fmt: skip
+    eng = Engine.from_pretrained(
+        make_checkpoint(root, "pre"),
+        device="cpu",
+        dtype=torch.float32,
+        max_context=192,
+        kv_cache_memory=3 << 20,
+        kv_page_size=16,
+    )
     results = eng.generate([f"Item {i}." for i in range(256)], max_new_tokens=10**9, ignore_eos=True)
     assert all(r.finish_reason == "length" and r.prompt_tokens + len(r.token_ids) == 192 for r in results)
     stats = eng.stats()
@@ -123,9 +128,12 @@ def test_non_finite_logits_fail_the_request_naming_the_step(root):
 
 
 def test_errors_are_the_engines_own(engine):
-    for call in (lambda: engine.generate("x", max_new_tokens=-1), lambda: engine.generate(["a", 3]),
-                 lambda: engine.chat([{"role": "assistant", "content": "x"}]),
-                 lambda: engine.generate("bad \udcff text")):  # fmt: skip
+    for call in (
+        lambda: engine.generate("x", max_new_tokens=-1),
+        lambda: engine.generate(["a", 3]),
+        lambda: engine.chat([{"role": "assistant", "content": "x"}]),
+        lambda: engine.generate("bad \udcff text"),
+    ):
         with pytest.raises(HoVLEError):
             call()
 
@@ -133,10 +141,10 @@ def test_errors_are_the_engines_own(engine):
 def _vocab_checkpoint(root, extra: int, name: str):
     """A checkpoint whose model vocabulary is the tokenizer's + `extra` rows, the extra rows of the output head
     scaled so that, unmasked, they would win every greedy step."""
+    from hovle.default_model.cases import SMALL
+    from hovle.default_model.checkpoint import write_checkpoint
+    from hovle.default_model.folder import bundled_tokenizer, config_dict, random_tensors
     from hovle.families.hovle.config import HoVLEConfig
-    from hovle.tooling.cases import SMALL
-    from hovle.tooling.checkpoint_writer import write_checkpoint
-    from hovle.tooling.default_model import bundled_tokenizer, config_dict, random_tensors
 
     tok, files = bundled_tokenizer()
     raw = config_dict("hovle", vocab_size=tok.vocab_size + extra, img_context_token_id=tok.img_context_id, **SMALL)
@@ -172,8 +180,10 @@ def test_a_tokenizer_larger_than_the_model_is_refused_at_load(root):
 
 def _template_text(question: str) -> str:
     t = get_template("internlm2-chat")
-    return (f"{t.start}{t.roles[0]}{t.system_message}{t.sep}{t.start}{t.roles[1]}<image>\n{question}{t.sep}"
-            f"{t.start}{t.roles[2]}")  # fmt: skip
+    return (
+        f"{t.start}{t.roles[0]}{t.system_message}{t.sep}{t.start}{t.roles[1]}<image>\n{question}{t.sep}"
+        f"{t.start}{t.roles[2]}"
+    )
 
 
 def test_a_raw_prompt_honours_control_tokens_and_image_slots(engine):
@@ -188,11 +198,11 @@ def test_a_raw_prompt_honours_control_tokens_and_image_slots(engine):
     assert got.token_ids == engine.generate("What is it?", image, max_new_tokens=6).token_ids
 
 
-@pytest.mark.parametrize("text,n_images", [("hi <IMG_CONTEXT> there", 0), ("<image><IMG_CONTEXT>", 1),
-                                           ("<IMG_CONTEXT><IMG_CONTEXT>", 0)])  # fmt: skip
+@pytest.mark.parametrize(
+    "text,n_images", [("hi <IMG_CONTEXT> there", 0), ("<image><IMG_CONTEXT>", 1), ("<IMG_CONTEXT><IMG_CONTEXT>", 0)]
+)
 def test_a_raw_prompt_cannot_place_image_rows_itself(engine, text, n_images):
     images = [noise_image(60, 60, 1)] * n_images
     with pytest.raises(InputError, match="<IMG_CONTEXT> outside the image slots"):
         engine.generate(text, images if images else None, raw=True, max_new_tokens=2)
     assert engine.generate("Hi.", max_new_tokens=2).finish_reason in ("stop", "length")  # the engine goes on
-

@@ -52,8 +52,9 @@ def test_hovle_transformers_and_hf_kernels_import_together(wheel, tmp_path):
     )
     # A fresh process, outside the repository (so nothing is found through the working directory).
     env = {**os.environ, "PYTHONPATH": str(site)}
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, env=env,
-                          timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
     assert Path(found["hovle"]).is_relative_to(site) and Path(found["ours"]).is_relative_to(site / "hovle")
@@ -70,4 +71,5 @@ def test_the_reference_imports_no_engine_code():
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     loaded = json.loads(done.stdout.strip().splitlines()[-1])
-    assert loaded == ["hovle", "hovle.reference", "hovle.reference.model", "hovle.reference.static"], loaded
+    assert "hovle.reference.model" in loaded and "hovle.reference.static" in loaded
+    assert all(m == "hovle" or m.startswith("hovle.reference") for m in loaded), loaded

@@ -15,8 +15,9 @@ import re
 import torch
 
 from hovle import Engine
+from hovle.default_model.questions import questions
+from hovle.default_model.scenes import random_scene, render
 from hovle.errors import HoVLEError
-from hovle.tooling.scenes import questions, random_scene, render
 
 from .scene_data import HELD_OUT_SEED, pick_questions
 

@@ -22,19 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from hovle.default_model.questions import plural, questions
+from hovle.default_model.scenes import COLOURED, KINDS, PALETTE, Obj, Scene, random_scene, render, tile_grid
 from hovle.prompt import get_template
-from hovle.tooling.scenes import (
-    COLOURED,
-    KINDS,
-    PALETTE,
-    Obj,
-    Scene,
-    plural,
-    questions,
-    random_scene,
-    render,
-    tile_grid,
-)
 
 ATTRIBUTE_KINDS = ("colour", "count", "presence", "relation", "biggest")
 REGION_CHANNELS = 2 * len(KINDS) + 2  # see token_regions
@@ -71,8 +61,9 @@ def pick_questions(qa: list[tuple[str, str, str]], rng: random.Random, per_kind:
         rng.shuffle(order)
         for answer in order:
             rng.shuffle(groups[answer])
-        rounds = [groups[a][i] for i in range(max(map(len, groups.values()), default=0)) for a in order
-                  if i < len(groups[a])]  # fmt: skip
+        rounds = [
+            groups[a][i] for i in range(max(map(len, groups.values()), default=0)) for a in order if i < len(groups[a])
+        ]
         out += rounds[:n]
     return out
 
@@ -173,8 +164,19 @@ def pack(engine, image, qa: list[tuple[str, str, str]], max_num: int | None = No
     ids_llm, pos_llm, seg_llm = _tree(reqs[0].ids_llm[:p_llm], branches)
     ids_emb, pos_emb, seg_emb = _tree(reqs[0].ids_emb[:p_emb], branches)
     labels = [-100] * p_llm + labels_tail
-    return Packed(ids_emb, ids_llm, pos_emb, pos_llm, seg_emb, seg_llm, labels, reqs[0].pixel_values, reqs[0].tiles[0],
-                  summary_at=p_llm - 1, nouns=nouns)  # fmt: skip
+    return Packed(
+        ids_emb,
+        ids_llm,
+        pos_emb,
+        pos_llm,
+        seg_emb,
+        seg_llm,
+        labels,
+        reqs[0].pixel_values,
+        reqs[0].tiles[0],
+        summary_at=p_llm - 1,
+        nouns=nouns,
+    )
 
 
 def _centre(o: Obj) -> tuple[float, float]:
@@ -209,14 +211,18 @@ def token_regions(scene: Scene, grid: tuple[int, int], tiles: int, per_side: int
     inside a tile, the thumbnail last): what each token sees, where the objects' centres are (counting), and
     where in the whole picture the token is (a tile's place in the grid is otherwise only implied by order)."""
     cols, rows, w, h = *grid, scene.width, scene.height
-    areas = [(c * w / cols, r * h / rows, (c + 1) * w / cols, (r + 1) * h / rows)
-             for r in range(rows) for c in range(cols)]  # fmt: skip
+    areas = [
+        (c * w / cols, r * h / rows, (c + 1) * w / cols, (r + 1) * h / rows) for r in range(rows) for c in range(cols)
+    ]
     areas += [(0.0, 0.0, float(w), float(h))] * (tiles - cols * rows)  # the thumbnail sees the whole picture
     cells = []
     for x0, y0, x1, y1 in areas:
         tw, th = (x1 - x0) / per_side, (y1 - y0) / per_side
-        cells += [(x0 + j * tw, y0 + i * th, x0 + (j + 1) * tw, y0 + (i + 1) * th)
-                  for i in range(per_side) for j in range(per_side)]  # fmt: skip
+        cells += [
+            (x0 + j * tw, y0 + i * th, x0 + (j + 1) * tw, y0 + (i + 1) * th)
+            for i in range(per_side)
+            for j in range(per_side)
+        ]
     return _cell_targets(torch.tensor(cells, dtype=torch.float64), scene).float()
 
 

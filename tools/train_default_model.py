@@ -35,11 +35,11 @@ from pathlib import Path
 import torch
 
 from hovle import Engine
+from hovle.default_model.checkpoint import write_checkpoint
+from hovle.default_model.folder import VARIANTS, config_dict, tokenizer_files, write_default_model
+from hovle.default_model.tokenizer_trainer import write_tokenizer_files
 from hovle.families.hovle.config import HoVLEConfig
 from hovle.reference.model import load_tensors
-from hovle.tooling.checkpoint_writer import write_checkpoint
-from hovle.tooling.default_model import VARIANTS, config_dict, tokenizer_files, write_default_model
-from hovle.tooling.tokenizer_trainer import write_tokenizer_files
 
 from .scene_data import Packed, corpus_lines, scene_example
 from .train_model import TrainableHoVLE
@@ -54,8 +54,11 @@ WARM_FIRST_SEED = 1_000_000  # a warm-started variant trains on scenes its start
 class Recipe:
     """Model sizes and optimisation settings (the defaults are the shipped model's)."""
 
-    sizes: dict = field(default_factory=lambda: dict(
-        hidden=128, intermediate=384, heads=4, kv_heads=2, emb_layers=2, llm_layers=4, image_size=56))  # fmt: skip
+    sizes: dict = field(
+        default_factory=lambda: dict(
+            hidden=128, intermediate=384, heads=4, kv_heads=2, emb_layers=2, llm_layers=4, image_size=56
+        )
+    )
     vocab_size: int = 768
     corpus_scenes: int = 3000
     steps: int = 5000
@@ -122,8 +125,7 @@ def write_tokenizer(dst: Path, r: Recipe) -> None:
 
 def start_checkpoint(dst: Path, variant: str, r: Recipe, tokenizer_dir: Path) -> Path:
     """The random starting checkpoint (released layout) under dst, with the tokenizer of `tokenizer_dir`."""
-    return write_default_model(dst / f"init-{variant}", variant, tokenizer_dir=tokenizer_dir, overwrite=True,
-                               **r.sizes)  # fmt: skip
+    return write_default_model(dst / f"init-{variant}", variant, tokenizer_dir=tokenizer_dir, overwrite=True, **r.sizes)
 
 
 def step_batch(engine: Engine, r: Recipe, step: int) -> list[Packed]:
@@ -166,8 +168,12 @@ def _train(init: Path, r: Recipe, log, start: dict | None) -> TrainableHoVLE:
     model = TrainableHoVLE(config, start if start is not None else load_tensors(str(init)))
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     rest = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": r.weight_decay}, {"params": rest, "weight_decay": 0.0}],
-                            lr=r.lr, betas=(0.9, 0.98), eps=1e-8)  # fmt: skip
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": r.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+        lr=r.lr,
+        betas=(0.9, 0.98),
+        eps=1e-8,
+    )
     t0, running = time.perf_counter(), None
     for step, batch in enumerate(batches(init, r)):
         for group in opt.param_groups:
@@ -184,21 +190,39 @@ def _train(init: Path, r: Recipe, log, start: dict | None) -> TrainableHoVLE:
 
 def save(model: TrainableHoVLE, init: Path, dst: Path) -> Path:
     """The trained weights in the released layout, with the starting checkpoint's config and tokenizer files."""
-    return write_checkpoint(dst, model.config, model.released_tensors(), max_shard_bytes=4 << 20,
-                            extra_files=tokenizer_files(init), overwrite=True)  # fmt: skip
+    return write_checkpoint(
+        dst,
+        model.config,
+        model.released_tensors(),
+        max_shard_bytes=4 << 20,
+        extra_files=tokenizer_files(init),
+        overwrite=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", default="both", choices=(*VARIANTS, "both"))
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="writes <out>/<variant>/")
-    parser.add_argument("--steps", type=int, default=None,
-                        help=f"steps per variant (default {Recipe.steps}; {Recipe.warm_steps} when warm-started)")
-    parser.add_argument("--start-from", type=Path, default=None,
-                        help="a trained checkpoint folder of the same sizes to start from (with --variant both, "
-                        "HoVLE-HD starts from the HoVLE just trained)")  # fmt: skip
-    parser.add_argument("--recipe", default=None, metavar="JSON",
-                        help='overrides of the shipped recipe: \'{"lr": 4e-3, "sizes": {"hidden": 64}}\'')  # fmt: skip
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"steps per variant (default {Recipe.steps}; {Recipe.warm_steps} when warm-started)",
+    )
+    parser.add_argument(
+        "--start-from",
+        type=Path,
+        default=None,
+        help="a trained checkpoint folder of the same sizes to start from (with --variant both, "
+        "HoVLE-HD starts from the HoVLE just trained)",
+    )
+    parser.add_argument(
+        "--recipe",
+        default=None,
+        metavar="JSON",
+        help='overrides of the shipped recipe: \'{"lr": 4e-3, "sizes": {"hidden": 64}}\'',
+    )
     args = parser.parse_args(argv)
     if args.steps is not None and args.steps < 1:
         parser.error(f"--steps {args.steps}: expected a positive number of steps")
@@ -215,8 +239,11 @@ def main(argv: list[str] | None = None) -> int:
         for variant in VARIANTS if args.variant == "both" else (args.variant,):
             t0 = time.perf_counter()
             init = start_checkpoint(work, variant, recipe, tok_dir)
-            r = (replace(recipe, steps=args.steps or recipe.steps) if start is None else
-                 replace(recipe, steps=args.steps or recipe.warm_steps, first_seed=WARM_FIRST_SEED))  # fmt: skip
+            r = (
+                replace(recipe, steps=args.steps or recipe.steps)
+                if start is None
+                else replace(recipe, steps=args.steps or recipe.warm_steps, first_seed=WARM_FIRST_SEED)
+            )
             model = train(init, r, log=lambda s, v=variant: print(f"[{v}] {s}", flush=True), start=start)
             out = save(model, init, args.out / variant)
             start = model.released_tensors()

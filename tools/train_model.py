@@ -23,7 +23,7 @@ from .scene_data import NOUN_CHANNELS, REGION_CHANNELS, SUMMARY_CHANNELS, Packed
 
 def fuse_wqkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, n_kv: int) -> torch.Tensor:
     """Inverse of reference.split_wqkv: per kv group g, its n_rep query heads, then key head g, then value head g
-    (spec §4.2). q (H*D, hidden), k and v (Hkv*D, hidden) -> wqkv ((H + 2*Hkv)*D, hidden)."""
+    (docs/hovle.md §4.2). q (H*D, hidden), k and v (Hkv*D, hidden) -> wqkv ((H + 2*Hkv)*D, hidden)."""
     hidden, n_rep, d = q.shape[1], n_heads // n_kv, q.shape[0] // n_heads
     q = q.reshape(n_kv, n_rep, d, hidden)  # (Hkv, n_rep, D, hidden): query head g*n_rep+j
     kv = torch.stack([k.reshape(n_kv, d, hidden), v.reshape(n_kv, d, hidden)], dim=1)  # (Hkv, 2, D, hidden)
@@ -39,8 +39,15 @@ def _weighted_bce(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Te
 class TrainableHoVLE(torch.nn.Module):
     """The reference model's modules and small weights as parameters, with a batched training forward."""
 
-    def __init__(self, config: dict, tensors: dict[str, torch.Tensor], attn: str = "sdpa", region_weight: float = 1.0,
-                 summary_weight: float = 1.0, noun_weight: float = 1.0):  # fmt: skip
+    def __init__(
+        self,
+        config: dict,
+        tensors: dict[str, torch.Tensor],
+        attn: str = "sdpa",
+        region_weight: float = 1.0,
+        summary_weight: float = 1.0,
+        noun_weight: float = 1.0,
+    ):
         super().__init__()
         self.ref = ReferenceHoVLE(config, {k: v.clone() for k, v in tensors.items()}, attn=attn)
         self.config, self.untrained = config, {k: tensors[k] for k in reference.UNUSED}
@@ -150,8 +157,7 @@ class TrainableHoVLE(torch.nn.Module):
         for i, layer in enumerate(stack.layers):
             state = layer.state_dict()
             q, k, v = (state[f"self_attn.{n}_proj.weight"] for n in "qkv")
-            out[f"{prefix}{i}.attention.wqkv.weight"] = fuse_wqkv(q, k, v, c.num_attention_heads,
-                                                                  c.num_key_value_heads)  # fmt: skip
+            out[f"{prefix}{i}.attention.wqkv.weight"] = fuse_wqkv(q, k, v, c.num_attention_heads, c.num_key_value_heads)
             out.update({f"{prefix}{i}.{old}": state[new] for old, new in LAYER_RENAME.items()})
         return out
 

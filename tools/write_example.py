@@ -3,15 +3,16 @@
     .venv/bin/python -m tools.write_example
 
 The picture is `scenes.example_scene()` rendered by `scenes.render` (a scene the generator could have produced:
-house, tree, sun, cloud, path); the answers come from `scenes.questions`, the generator's own ground truth.
+house, tree, sun, cloud, path); the answers come from `questions.questions`, the generator's own ground truth.
 """
 
 from __future__ import annotations
 
 import json
 
-from hovle.tooling.default_model import EXAMPLE_IMAGE, EXAMPLE_QUESTIONS
-from hovle.tooling.scenes import example_scene, questions, render
+from hovle.default_model.folder import EXAMPLE_IMAGE, EXAMPLE_QUESTIONS
+from hovle.default_model.questions import questions
+from hovle.default_model.scenes import example_scene, render
 
 ASKED = ("What colour is the house?", "How many trees are there?", "Is the house left of the tree?")
 
@@ -23,7 +24,7 @@ def example_entries() -> list[dict[str, str]]:
 
 def main() -> int:
     render(example_scene()).save(EXAMPLE_IMAGE, optimize=True)
-    scene = "hovle.tooling.scenes.example_scene()"
+    scene = "hovle.default_model.scenes.example_scene()"
     doc = {"image": EXAMPLE_IMAGE.name, "scene": scene, "questions": example_entries()}
     EXAMPLE_QUESTIONS.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {EXAMPLE_IMAGE} and {EXAMPLE_QUESTIONS}")

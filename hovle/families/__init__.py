@@ -73,7 +73,9 @@ def family_for(path: str | Path) -> Family:
     found = [f for f in _families() if f.matches(raw)]
     if not found:
         names = raw.get("architectures"), raw.get("model_type")
-        raise ConfigError(f"{Path(path).expanduser() / 'config.json'}: architectures {names[0]!r}, model_type "
-                          f"{names[1]!r} belong to no family this engine runs; it runs "
-                          f"{[f.name for f in _families()]}")  # fmt: skip
+        raise ConfigError(
+            f"{Path(path).expanduser() / 'config.json'}: architectures {names[0]!r}, model_type "
+            f"{names[1]!r} belong to no family this engine runs; it runs "
+            f"{[f.name for f in _families()]}"
+        )
     return found[0]

@@ -88,8 +88,10 @@ def _triton_ops() -> Ops:
     """The Triton launchers, each file's `<op>`."""
     import importlib
 
-    fields = {field: getattr(importlib.import_module(f"{__name__}.{module}"), name)
-              for field, (module, name) in _LAUNCHERS.items()}  # fmt: skip
+    fields = {
+        field: getattr(importlib.import_module(f"{__name__}.{module}"), name)
+        for field, (module, name) in _LAUNCHERS.items()
+    }
     return Ops(name="triton", **fields)
 
 
@@ -102,8 +104,13 @@ def _flash_attn_ops(device: str) -> Ops:
             f"backend 'flash-attn' needs the flash-attn package and a CUDA device (device {device!r}, package "
             f"{'found' if flash_attn_module() else 'not installed'}); use 'triton' (the default on CUDA) or 'torch'"
         )
-    return replace(_triton_ops(), name="flash-attn", attention=attention_flash,
-                   decode_attention=decode_attention_flash, page_multiple=PAGE_MULTIPLE)  # fmt: skip
+    return replace(
+        _triton_ops(),
+        name="flash-attn",
+        attention=attention_flash,
+        decode_attention=decode_attention_flash,
+        page_multiple=PAGE_MULTIPLE,
+    )
 
 
 def get_ops(backend: str = "auto", device: str = "cpu") -> Ops:

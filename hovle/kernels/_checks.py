@@ -33,8 +33,10 @@ def check_index(name: str, t: torch.Tensor, shape: tuple[int, ...]) -> None:
 
 
 def check_last_dim_contiguous(name: str, t: torch.Tensor) -> None:
-    require(t.dim() < 2 or t.stride(-1) == 1 or t.shape[-1] == 1,
-            f"{name} must have a contiguous last dim, got shape {tuple(t.shape)} strides {t.stride()}")  # fmt: skip
+    require(
+        t.dim() < 2 or t.stride(-1) == 1 or t.shape[-1] == 1,
+        f"{name} must have a contiguous last dim, got shape {tuple(t.shape)} strides {t.stride()}",
+    )
 
 
 def check_logits(logits: torch.Tensor) -> None:

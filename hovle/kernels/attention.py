@@ -24,8 +24,8 @@ import math
 import torch
 from torch import Tensor
 
-from ._checks import FLOATS, check_index, check_same_device, require
-from ._paged import check_block_tables, check_cache, sequence_kv
+from ._checks import require
+from ._paged import check_prefill_args, sequence_kv
 from ._triton import fitting_configs, tl, triton, triton_usable, tuning_configs
 from .rotary import rotate_ref
 
@@ -208,9 +208,18 @@ _LOG2E = 1.4426950408889634
 
 
 @torch.library.custom_op("hovle::attention", mutates_args=())
-def _attention_op(q: Tensor, k_cache: Tensor, v_cache: Tensor, cu_seqlens: Tensor, prefix_lens: Tensor,
-                  block_tables: Tensor, scale: float | None, cos: Tensor | None, sin: Tensor | None,
-                  max_seqlen: int | None) -> Tensor:  # fmt: skip
+def _attention_op(
+    q: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    cu_seqlens: Tensor,
+    prefix_lens: Tensor,
+    block_tables: Tensor,
+    scale: float | None,
+    cos: Tensor | None,
+    sin: Tensor | None,
+    max_seqlen: int | None,
+) -> Tensor:
     t, hq, d = q.shape
     out = torch.empty((t, hq, d), dtype=q.dtype, device=q.device)
     if t == 0:
@@ -239,31 +248,6 @@ def _(q, k_cache, v_cache, cu_seqlens, prefix_lens, block_tables, scale, cos, si
     return q.new_empty(q.shape)
 
 
-def check_args(q, k_cache, v_cache, cu_seqlens, prefix_lens, block_tables, cos, sin, max_seqlen) -> None:
-    """The contract of every prefill-attention implementation (the Triton launcher and the flash-attn adapter)."""
-    require(q.dim() == 3 and q.dtype in FLOATS and q.stride(-1) == 1, f"q must be (T, Hq, D) fp16/bf16/fp32 with "
-            f"a contiguous last dim, got {tuple(q.shape)} {q.dtype} strides {q.stride()}")  # fmt: skip
-    t, hq, d = q.shape
-    require(d <= 256, f"q's head_dim D={d} is above the supported 256")
-    check_cache("k_cache", k_cache, d, q.dtype, q.device)
-    check_cache("v_cache", v_cache, d, q.dtype, q.device)
-    require(v_cache.shape == k_cache.shape and hq % k_cache.shape[1] == 0, f"v_cache {tuple(v_cache.shape)} must "
-            f"match k_cache {tuple(k_cache.shape)}, whose heads must divide Hq={hq}")  # fmt: skip
-    b = block_tables.shape[0] if isinstance(block_tables, torch.Tensor) and block_tables.dim() == 2 else -1
-    check_block_tables(block_tables, b, q.device)
-    check_index("cu_seqlens", cu_seqlens, (b + 1,))
-    check_index("prefix_lens", prefix_lens, (b,))
-    check_same_device("q", q, cu_seqlens=cu_seqlens, prefix_lens=prefix_lens, cos=cos, sin=sin)
-    require((cos is None) == (sin is None), f"cos and sin go together, got cos={type(cos).__name__}, "
-            f"sin={type(sin).__name__}")  # fmt: skip
-    for name, x in (("cos", cos), ("sin", sin)) if cos is not None else ():
-        ok = x.shape == (t, d) and x.stride(-1) == 1 and d % 2 == 0
-        require(ok, f"{name} must be (T={t}, D={d}) with even D and contiguous rows, got {tuple(x.shape)} "
-                f"strides {x.stride()}")  # fmt: skip
-    ok = max_seqlen is None or (type(max_seqlen) is int and max_seqlen >= 1)
-    require(ok, f"max_seqlen must be a positive Python int (the longest sequence's length), got {max_seqlen!r}")
-
-
 def attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -287,5 +271,5 @@ def attention(
     Returns (T, Hq, D) contiguous in q's dtype.
     """
     require(triton_usable(q.device.type), f"q is on {q.device}: Triton needs CUDA (or TRITON_INTERPRET=1 on CPU)")
-    check_args(q, k_cache, v_cache, cu_seqlens, prefix_lens, block_tables, cos, sin, max_seqlen)
+    check_prefill_args(q, k_cache, v_cache, cu_seqlens, prefix_lens, block_tables, cos, sin, max_seqlen)
     return _attention_op(q, k_cache, v_cache, cu_seqlens, prefix_lens, block_tables, scale, cos, sin, max_seqlen)

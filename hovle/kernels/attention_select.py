@@ -70,8 +70,19 @@ def _candidates() -> dict:
     return cands
 
 
-def attention_auto(q, k_cache, v_cache, cu_seqlens, prefix_lens, block_tables, scale=None, cos=None, sin=None,
-                   max_seqlen=None, new_kv=None) -> torch.Tensor:  # fmt: skip
+def attention_auto(
+    q,
+    k_cache,
+    v_cache,
+    cu_seqlens,
+    prefix_lens,
+    block_tables,
+    scale=None,
+    cos=None,
+    sin=None,
+    max_seqlen=None,
+    new_kv=None,
+) -> torch.Tensor:
     """attention's contract; with new_kv, the fastest of ours and the library kernels for this length bucket."""
     global _CHOICE
     paged = (q, k_cache, v_cache, cu_seqlens, prefix_lens, block_tables, scale, cos, sin, max_seqlen)

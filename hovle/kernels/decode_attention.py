@@ -22,12 +22,11 @@ keyed on (D, padded group, P): the first call per key benchmarks, so warm up bef
 
 import functools
 import math
-import numbers
 
 import torch
 
-from ._checks import FLOATS, check_index, check_same_device, require
-from ._paged import check_block_tables, check_cache, sequence_kv
+from ._checks import require
+from ._paged import check_decode_args, sequence_kv
 from ._triton import fitting_configs, tl, triton, triton_usable, tuning_configs
 from .attention import _kv_tile
 from .rotary import rotate_ref
@@ -79,8 +78,11 @@ def _smem(config, args: dict, consts: dict) -> int:
     return config.num_stages * 2 * config.kwargs["BLOCK_N"] * consts["BLOCK_D"] * args["k_ptr"].element_size()
 
 
-@triton.autotune(configs=tuning_configs(_CONFIGS), key=["HEAD_DIM", "BLOCK_H", "PAGE"],
-                 prune_configs_by={"early_config_prune": fitting_configs(_smem)})
+@triton.autotune(
+    configs=tuning_configs(_CONFIGS),
+    key=["HEAD_DIM", "BLOCK_H", "PAGE"],
+    prune_configs_by={"early_config_prune": fitting_configs(_smem)},
+)
 @triton.jit
 def _decode_attention_kernel(
     q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, cos_ptr, sin_ptr, acc_ptr, m_ptr, l_ptr,
@@ -220,37 +222,18 @@ def _launch(q, k_cache, v_cache, seq_lens, block_tables, scale, cos, sin, num_sp
     )  # fmt: skip
 
 
-def check_args(q, k_cache, v_cache, seq_lens, block_tables, scale, cos, sin, max_seq_len) -> None:
-    """The contract of every decode-attention implementation (the Triton launcher and the flash-attn adapter)."""
-    require(isinstance(q, torch.Tensor) and q.dtype in FLOATS, f"q must be a float16/bfloat16/float32 tensor, got "
-            f"{getattr(q, 'dtype', type(q).__name__)}", TypeError)  # fmt: skip
-    require(q.dim() == 3 and q.stride(-1) == 1, f"q must be (B, Hq, D) with a contiguous last dim, got shape "
-            f"{tuple(q.shape)} strides {q.stride()}")  # fmt: skip
-    b, hq, d = q.shape
-    require(d <= 256, f"head dim D={d} is above the supported 256")
-    check_cache("k_cache", k_cache, d, q.dtype, q.device)
-    check_cache("v_cache", v_cache, d, q.dtype, q.device)
-    require(v_cache.shape == k_cache.shape, f"v_cache shape {tuple(v_cache.shape)} != k_cache's {tuple(k_cache.shape)}")
-    require(hq % k_cache.shape[1] == 0, f"q heads ({hq}) must be a multiple of k_cache heads ({k_cache.shape[1]})")
-    check_index("seq_lens", seq_lens, (b,))
-    check_block_tables(block_tables, b, q.device)
-    check_same_device("q", q, seq_lens=seq_lens, cos=cos, sin=sin)
-    require((cos is None) == (sin is None), "cos and sin must be given together (or both None)")
-    if cos is not None:
-        ok = cos.shape == (b, d) and sin.shape == (b, d) and d % 2 == 0 and cos.stride(-1) == sin.stride(-1) == 1
-        require(ok, f"cos, sin must be (B={b}, D={d}) with contiguous rows, D even; got {tuple(cos.shape)}, "
-                f"{tuple(sin.shape)}")  # fmt: skip
-    ok = scale is None or (isinstance(scale, numbers.Real) and not isinstance(scale, bool))
-    require(ok, f"scale must be a float or None, got {scale!r}", TypeError)
-    ok = max_seq_len is None or (type(max_seq_len) is int and max_seq_len >= 1)
-    require(ok, f"max_seq_len must be a positive Python int or None, got {max_seq_len!r}")
-
-
 @torch.library.custom_op("hovle::decode_attention", mutates_args=())
 def _decode_attention_op(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, seq_lens: torch.Tensor, block_tables: torch.Tensor,
-    scale: float | None, cos: torch.Tensor | None, sin: torch.Tensor | None, max_seq_len: int | None,
-) -> torch.Tensor:  # fmt: skip
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    seq_lens: torch.Tensor,
+    block_tables: torch.Tensor,
+    scale: float | None,
+    cos: torch.Tensor | None,
+    sin: torch.Tensor | None,
+    max_seq_len: int | None,
+) -> torch.Tensor:
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     if q.numel() == 0:
         return out
@@ -288,6 +271,6 @@ def decode_attention(
     results stay exact if it is exceeded. Returns (B, Hq, D) in q's dtype, contiguous.
     """
     require(triton_usable(q.device.type), f"q is on {q.device}: needs CUDA (or TRITON_INTERPRET=1)")
-    check_args(q, k_cache, v_cache, seq_lens, block_tables, scale, cos, sin, max_seq_len)
+    check_decode_args(q, k_cache, v_cache, seq_lens, block_tables, scale, cos, sin, max_seq_len)
     scale = None if scale is None else float(scale)
     return _decode_attention_op(q, k_cache, v_cache, seq_lens, block_tables, scale, cos, sin, max_seq_len)

@@ -17,8 +17,8 @@ import importlib
 import torch
 
 from . import attention as _attention
-from . import decode_attention as _decode
 from ._checks import require
+from ._paged import check_decode_args, check_prefill_args
 from ._triton import triton_usable
 from .rotary import rotate_ref
 
@@ -44,28 +44,47 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None)
 
 
 def _pages(k_cache: torch.Tensor, v_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    require(k_cache.shape[2] % PAGE_MULTIPLE == 0, f"flash-attn needs pages of a multiple of {PAGE_MULTIPLE} "
-            f"positions, the cache has P={k_cache.shape[2]} (k_cache {tuple(k_cache.shape)})")  # fmt: skip
+    require(
+        k_cache.shape[2] % PAGE_MULTIPLE == 0,
+        f"flash-attn needs pages of a multiple of {PAGE_MULTIPLE} "
+        f"positions, the cache has P={k_cache.shape[2]} (k_cache {tuple(k_cache.shape)})",
+    )
     return k_cache.transpose(1, 2), v_cache.transpose(1, 2)  # (N, Hkv, P, D) -> (N, P, Hkv, D), views
 
 
-def decode_attention_flash(q, k_cache, v_cache, seq_lens, block_tables, scale=None, cos=None, sin=None,
-                           max_seq_len=None):  # fmt: skip
+def decode_attention_flash(
+    q, k_cache, v_cache, seq_lens, block_tables, scale=None, cos=None, sin=None, max_seq_len=None
+):
     """decode_attention's contract. q: (B, Hq, D) -> (B, Hq, D)."""
-    _decode.check_args(q, k_cache, v_cache, seq_lens, block_tables, scale, cos, sin, max_seq_len)
+    check_decode_args(q, k_cache, v_cache, seq_lens, block_tables, scale, cos, sin, max_seq_len)
     k_pages, v_pages = _pages(k_cache, v_cache)
     out = flash_attn_module().flash_attn_with_kvcache(
         _rotate(q, cos, sin).unsqueeze(1),  # (B, Hq, D) -> (B, 1, Hq, D)
-        k_pages, v_pages, cache_seqlens=seq_lens.to(torch.int32), block_table=block_tables.to(torch.int32),
-        softmax_scale=scale, causal=True,
-    )  # fmt: skip
+        k_pages,
+        v_pages,
+        cache_seqlens=seq_lens.to(torch.int32),
+        block_table=block_tables.to(torch.int32),
+        softmax_scale=scale,
+        causal=True,
+    )
     return out.squeeze(1)  # (B, 1, Hq, D) -> (B, Hq, D)
 
 
-def attention_flash(q, k_cache, v_cache, cu_seqlens, prefix_lens, block_tables, scale=None, cos=None, sin=None,
-                    max_seqlen=None, new_kv=None):  # fmt: skip
+def attention_flash(
+    q,
+    k_cache,
+    v_cache,
+    cu_seqlens,
+    prefix_lens,
+    block_tables,
+    scale=None,
+    cos=None,
+    sin=None,
+    max_seqlen=None,
+    new_kv=None,
+):
     """attention's contract. q: (T, Hq, D) packed -> (T, Hq, D)."""
-    _attention.check_args(q, k_cache, v_cache, cu_seqlens, prefix_lens, block_tables, cos, sin, max_seqlen)
+    check_prefill_args(q, k_cache, v_cache, cu_seqlens, prefix_lens, block_tables, cos, sin, max_seqlen)
     fa, (k_pages, v_pages) = flash_attn_module(), _pages(k_cache, v_cache)
     q = _rotate(q, cos, sin)
     out = torch.empty_like(q)
@@ -74,7 +93,12 @@ def attention_flash(q, k_cache, v_cache, cu_seqlens, prefix_lens, block_tables, 
         lens = torch.tensor([prefix + end - start], dtype=torch.int32, device=q.device)
         o = fa.flash_attn_with_kvcache(
             q[start:end].unsqueeze(0),  # (n, Hq, D) -> (1, n, Hq, D)
-            k_pages, v_pages, cache_seqlens=lens, block_table=tables[b : b + 1], softmax_scale=scale, causal=True,
-        )  # fmt: skip
+            k_pages,
+            v_pages,
+            cache_seqlens=lens,
+            block_table=tables[b : b + 1],
+            softmax_scale=scale,
+            causal=True,
+        )
         out[start:end] = o[0]
     return out

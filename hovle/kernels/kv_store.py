@@ -121,11 +121,16 @@ def _check(k, v, k_cache, v_cache, blocks, offsets, cos, sin) -> None:
     t, hkv, d = k.shape
     for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
         ok = c.dim() == 4 and c.shape[1] == hkv and c.shape[3] == d and c.stride(-1) == 1
-        require(ok, f"{name} must be (N_blocks, Hkv={hkv}, P, D={d}) with a contiguous last dim; got shape "
-                f"{tuple(c.shape)}, strides {c.stride()}")  # fmt: skip
+        require(
+            ok,
+            f"{name} must be (N_blocks, Hkv={hkv}, P, D={d}) with a contiguous last dim; got shape "
+            f"{tuple(c.shape)}, strides {c.stride()}",
+        )
         require(c.dtype in FLOATS, f"{name} must be fp16, bf16 or fp32; got {c.dtype}", TypeError)
-    require(v_cache.shape == k_cache.shape, f"v_cache must have k_cache's shape {tuple(k_cache.shape)}; got "
-            f"{tuple(v_cache.shape)}")  # fmt: skip
+    require(
+        v_cache.shape == k_cache.shape,
+        f"v_cache must have k_cache's shape {tuple(k_cache.shape)}; got {tuple(v_cache.shape)}",
+    )
     check_index("blocks", blocks, (t,))
     check_index("offsets", offsets, (t,))
     check_same_device("k", k, v=v, k_cache=k_cache, v_cache=v_cache, blocks=blocks, offsets=offsets)

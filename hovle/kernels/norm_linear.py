@@ -66,8 +66,11 @@ def _smem(config, args: dict, consts: dict) -> int:
     return config.num_stages * config.kwargs["BLOCK_K"] * (consts["BLOCK_M"] + n) * args["w_ptr"].element_size()
 
 
-@triton.autotune(configs=tuning_configs(_configs()), key=["N_OUT", "K", "BLOCK_M", "SWIGLU"],
-                 prune_configs_by={"early_config_prune": fitting_configs(_smem)})
+@triton.autotune(
+    configs=tuning_configs(_configs()),
+    key=["N_OUT", "K", "BLOCK_M", "SWIGLU"],
+    prune_configs_by={"early_config_prune": fitting_configs(_smem)},
+)
 @triton.jit
 def _norm_linear_kernel(x_ptr, res_ptr, nw_ptr, w_ptr, y_ptr, r_out_ptr,
                         stride_x_m, stride_res_m, stride_w_n, stride_y_m, stride_r_m,
@@ -109,28 +112,44 @@ def _norm_linear_kernel(x_ptr, res_ptr, nw_ptr, w_ptr, y_ptr, r_out_ptr,
 
 
 def _check(x, residual, norm_weight, weight, swiglu) -> None:
-    require(x.dim() == 2 and x.dtype in FLOATS and x.stride(-1) == 1, f"x must be (M, K) fp16/bf16/fp32 with a "
-            f"contiguous last dim, got {tuple(x.shape)} {x.dtype} strides {x.stride()}")  # fmt: skip
+    require(
+        x.dim() == 2 and x.dtype in FLOATS and x.stride(-1) == 1,
+        f"x must be (M, K) fp16/bf16/fp32 with a "
+        f"contiguous last dim, got {tuple(x.shape)} {x.dtype} strides {x.stride()}",
+    )
     m, k = x.shape
     require(1 <= m <= MAX_ROWS, f"x has {m} rows; this kernel serves 1..{MAX_ROWS} (decode batches)")
     require(triton_usable(x.device.type), f"x is on {x.device}: the Triton kernel needs CUDA (or TRITON_INTERPRET=1)")
     if residual is not None:
-        require(residual.shape == x.shape and residual.dtype == x.dtype and residual.stride(-1) == 1,
-                f"residual must match x {tuple(x.shape)} {x.dtype}, got {tuple(residual.shape)} {residual.dtype}")
-    require(norm_weight.shape == (k,) and norm_weight.dtype == x.dtype, f"norm_weight must be ({k},) {x.dtype}, got "
-            f"{tuple(norm_weight.shape)} {norm_weight.dtype}")  # fmt: skip
+        require(
+            residual.shape == x.shape and residual.dtype == x.dtype and residual.stride(-1) == 1,
+            f"residual must match x {tuple(x.shape)} {x.dtype}, got {tuple(residual.shape)} {residual.dtype}",
+        )
+    require(
+        norm_weight.shape == (k,) and norm_weight.dtype == x.dtype,
+        f"norm_weight must be ({k},) {x.dtype}, got {tuple(norm_weight.shape)} {norm_weight.dtype}",
+    )
     ok = weight.dim() == 2 and weight.shape[1] == k and weight.dtype == x.dtype and weight.stride(-1) == 1
-    require(ok, f"weight must be (N, K={k}) {x.dtype} with a contiguous last dim, got {tuple(weight.shape)} "
-            f"{weight.dtype}")  # fmt: skip
-    require(not swiglu or weight.shape[0] % 2 == 0, f"swiglu needs an even N (gate rows, then up rows), got "
-            f"{weight.shape[0]}")  # fmt: skip
+    require(
+        ok, f"weight must be (N, K={k}) {x.dtype} with a contiguous last dim, got {tuple(weight.shape)} {weight.dtype}"
+    )
+    require(
+        not swiglu or weight.shape[0] % 2 == 0,
+        f"swiglu needs an even N (gate rows, then up rows), got {weight.shape[0]}",
+    )
     for name, t in (("residual", residual), ("norm_weight", norm_weight), ("weight", weight)):
         require(t is None or t.device == x.device, f"{name} is on {t.device if t is not None else ''}, x on {x.device}")
 
 
 @torch.library.custom_op("hovle::norm_linear", mutates_args=())
-def _norm_linear_op(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
-                    weight: torch.Tensor, swiglu: bool) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def _norm_linear_op(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    norm_weight: torch.Tensor,
+    eps: float,
+    weight: torch.Tensor,
+    swiglu: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
     m, k = x.shape
     n_out = weight.shape[0] // 2 if swiglu else weight.shape[0]
     y = torch.empty((m, n_out), dtype=x.dtype, device=x.device)
@@ -151,8 +170,14 @@ def _(x, residual, norm_weight, eps, weight, swiglu):
     return x.new_empty((x.shape[0], n_out)), x.new_empty(x.shape)
 
 
-def norm_linear(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
-                weight: torch.Tensor, swiglu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def norm_linear(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    norm_weight: torch.Tensor,
+    eps: float,
+    weight: torch.Tensor,
+    swiglu: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """norm_linear_ref's contract in one Triton kernel (no host sync; CUDA-graph capturable).
 
     x: (M, K), 1 <= M <= 64, fp16/bf16/fp32, contiguous last dim; residual: None or like x; norm_weight: (K,) in

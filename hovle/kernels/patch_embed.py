@@ -50,8 +50,11 @@ def _smem(config, args: dict, consts: dict) -> int:
     return config.num_stages * k * (m * args["px_ptr"].element_size() + n * args["w_ptr"].element_size())
 
 
-@triton.autotune(configs=tuning_configs(_CONFIGS), key=["M_BUCKET", "C", "PATCH"],
-                 prune_configs_by={"early_config_prune": fitting_configs(_smem)})
+@triton.autotune(
+    configs=tuning_configs(_CONFIGS),
+    key=["M_BUCKET", "C", "PATCH"],
+    prune_configs_by={"early_config_prune": fitting_configs(_smem)},
+)
 @triton.jit
 def _patch_embed_kernel(px_ptr, w_ptr, bias_ptr, pos_ptr, out_ptr,
                         stride_px_n, stride_px_c, stride_px_h, stride_px_w,
@@ -105,8 +108,6 @@ def _patch_embed_kernel(px_ptr, w_ptr, bias_ptr, pos_ptr, out_ptr,
     else:
         out_row = offs_m.to(tl.int64) * C  # contiguous (N, P, C)
     tl.store(out_ptr + out_row[:, None] + offs_n[None, :], out, mask=mask)
-
-
 
 
 def _check(pixels, weight, bias, pos, shuffle) -> tuple[int, int]:

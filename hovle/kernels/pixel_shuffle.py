@@ -2,7 +2,7 @@
 
 x: (N, g*g, C) patches of a g x g grid (row-major). Returns (N, (g/2)^2, 4C) where token t = i*(g/2) + j and
 out[n, t, dr*2C + ds*C + c] = x[n, (2i+dr)*g + (2j+ds), c]: InternVL's shuffle with the final transpose
-(spec section 2.2). Pure data movement: any implementation must be bit-exact.
+(docs/hovle.md §2.2). Pure data movement: any implementation must be bit-exact.
 
 Kernel: one program per (source patch row, block of C). Patch (r, s) of tile n is read once (any strides: x may be
 a strided view) and written as one contiguous C-run of the contiguous output at token (r//2)*(g/2) + s//2, channel

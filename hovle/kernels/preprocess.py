@@ -1,4 +1,4 @@
-"""Image preprocessing, fused: decoded uint8 RGB pixels -> normalised tiles (spec section 7).
+"""Image preprocessing, fused: decoded uint8 RGB pixels -> normalised tiles (docs/hovle.md §7).
 
     pixels[t, c] = (resize(image)[tile t, channel c] / 255 - mean[c]) / std[c]
 
@@ -28,8 +28,13 @@ _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _CUDA_LIB = Path(__file__).with_name("_preprocess_cuda.so")
 
 
-def preprocess_tiles_ref(image_u8: np.ndarray, grid: tuple[int, int], image_size: int, use_thumbnail: bool,
-                         dtype: torch.dtype = torch.float32) -> torch.Tensor:  # fmt: skip
+def preprocess_tiles_ref(
+    image_u8: np.ndarray,
+    grid: tuple[int, int],
+    image_size: int,
+    use_thumbnail: bool,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """The reference: PIL resize + crop, then ToTensor + Normalize in float32, cast to dtype. Same arguments."""
     _check(image_u8, grid, image_size, dtype)
     (cols, rows), s = grid, image_size
@@ -45,9 +50,17 @@ def preprocess_tiles_ref(image_u8: np.ndarray, grid: tuple[int, int], image_size
     return chw.div(255).sub_(mean).div_(std).to(dtype)
 
 
-def preprocess_tiles(image_u8: np.ndarray, grid: tuple[int, int], image_size: int, use_thumbnail: bool,
-                     dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", *,
-                     num_threads: int | None = None, out: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+def preprocess_tiles(
+    image_u8: np.ndarray,
+    grid: tuple[int, int],
+    image_size: int,
+    use_thumbnail: bool,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    *,
+    num_threads: int | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Resize, tile and normalise in one native pass; bit-identical to preprocess_tiles_ref.
 
     image_u8: (H, W, 3) uint8 numpy array (copied if not C-contiguous). grid: (cols, rows), ints in 1..4096.
@@ -70,15 +83,27 @@ def preprocess_tiles(image_u8: np.ndarray, grid: tuple[int, int], image_size: in
     shape = (cols * rows + (1 if use_thumbnail and cols * rows != 1 else 0), 3, s, s)
     if out is None:
         out = torch.empty(shape, dtype=dtype, device=device)
-    elif not isinstance(out, torch.Tensor) or (tuple(out.shape), out.dtype, out.device.type) != (
-        shape, dtype, device.type) or not out.is_contiguous():  # fmt: skip
+    elif (
+        not isinstance(out, torch.Tensor)
+        or (tuple(out.shape), out.dtype, out.device.type) != (shape, dtype, device.type)
+        or not out.is_contiguous()
+    ):
         got = f"{tuple(out.shape)} {out.dtype} on {out.device}" if isinstance(out, torch.Tensor) else type(out)
         raise ValueError(f"out must be a contiguous {shape} {dtype} tensor on {device}, got {got}")
     image_u8 = np.ascontiguousarray(image_u8)
     if device.type == "cuda":
         return _run_cuda(image_u8, grid, s, use_thumbnail, out)
-    _native().preprocess_tiles(image_u8, out.data_ptr(), _DTYPE_CODES[dtype], shape, cols, rows, use_thumbnail,
-                               _pillow13_order(), num_threads or 0)  # fmt: skip
+    _native().preprocess_tiles(
+        image_u8,
+        out.data_ptr(),
+        _DTYPE_CODES[dtype],
+        shape,
+        cols,
+        rows,
+        use_thumbnail,
+        _pillow13_order(),
+        num_threads or 0,
+    )
     return out
 
 
@@ -95,8 +120,10 @@ def cuda_available() -> bool:
 def describe() -> str:
     """One line: which preprocessing paths this installation can use, and why not the others."""
     native, cuda = native_problem(), cuda_problem()
-    return (f"native CPU: {'yes' if native is None else 'no (' + native + ')'}; "
-            f"CUDA: {'yes' if cuda is None else 'no (' + cuda + ')'}")  # fmt: skip
+    return (
+        f"native CPU: {'yes' if native is None else 'no (' + native + ')'}; "
+        f"CUDA: {'yes' if cuda is None else 'no (' + cuda + ')'}"
+    )
 
 
 @functools.cache
@@ -171,8 +198,16 @@ def _cuda_lib() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(_CUDA_LIB))
     lib.hovle_cuda_check.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
     ints = [ctypes.c_int] * 7  # height, width, cols, rows, use_thumbnail, size, pillow13_order
-    lib.hovle_preprocess_cuda.argtypes = [ctypes.c_void_p, *ints, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
-                                          ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]  # fmt: skip
+    lib.hovle_preprocess_cuda.argtypes = [
+        ctypes.c_void_p,
+        *ints,
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_char_p,
+        ctypes.c_size_t,
+    ]
     lib.hovle_preprocess_cuda_emulated.argtypes = [ctypes.c_void_p, *ints, ctypes.c_void_p, ctypes.c_int]
     return lib
 
@@ -183,10 +218,21 @@ def _run_cuda(image_u8: np.ndarray, grid, s: int, use_thumbnail: bool, out: torc
     with torch.cuda.device(device):
         image_dev = torch.from_numpy(image_u8).to(device)  # the host-to-device copy is part of the op
         rc = _cuda_lib().hovle_preprocess_cuda(
-            image_dev.data_ptr(), h, w, cols, rows, int(use_thumbnail), s, int(_pillow13_order()),
-            out.data_ptr(), _DTYPE_CODES[out.dtype], device.index, torch.cuda.current_stream(device).cuda_stream,
-            err, len(err),
-        )  # fmt: skip
+            image_dev.data_ptr(),
+            h,
+            w,
+            cols,
+            rows,
+            int(use_thumbnail),
+            s,
+            int(_pillow13_order()),
+            out.data_ptr(),
+            _DTYPE_CODES[out.dtype],
+            device.index,
+            torch.cuda.current_stream(device).cuda_stream,
+            err,
+            len(err),
+        )
     if rc != 0:
         raise RuntimeError(f"CUDA preprocessing failed: {err.value.decode(errors='replace')}")
     return out
@@ -198,9 +244,17 @@ def _cuda_kernel_emulated(image_u8, grid, image_size, use_thumbnail, dtype=torch
     image_u8, (cols, rows), s = np.ascontiguousarray(image_u8), grid, image_size
     out = torch.empty((cols * rows + (1 if use_thumbnail and cols * rows != 1 else 0), 3, s, s), dtype=dtype)
     rc = _cuda_lib().hovle_preprocess_cuda_emulated(
-        image_u8.ctypes.data, image_u8.shape[0], image_u8.shape[1], cols, rows, int(use_thumbnail), s,
-        int(_pillow13_order()), out.data_ptr(), _DTYPE_CODES[dtype],
-    )  # fmt: skip
+        image_u8.ctypes.data,
+        image_u8.shape[0],
+        image_u8.shape[1],
+        cols,
+        rows,
+        int(use_thumbnail),
+        s,
+        int(_pillow13_order()),
+        out.data_ptr(),
+        _DTYPE_CODES[dtype],
+    )
     if rc != 0:
         raise RuntimeError("a CUDA block's first-pass window exceeds the buffer its launcher sizes")
     return out

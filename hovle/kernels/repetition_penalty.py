@@ -40,8 +40,10 @@ def repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: torch.
     """
     check_logits(logits)
     if seen.shape != logits.shape or seen.dtype != torch.bool or seen.device != logits.device:
-        raise ValueError(f"seen must be a bool {tuple(logits.shape)} tensor on {logits.device}, got "
-                         f"{seen.dtype} {tuple(seen.shape)} on {seen.device}")  # fmt: skip
+        raise ValueError(
+            f"seen must be a bool {tuple(logits.shape)} tensor on {logits.device}, got "
+            f"{seen.dtype} {tuple(seen.shape)} on {seen.device}"
+        )
     check_row_param("penalty", penalty, logits)
     b, v = logits.shape
     out = torch.empty((b, v), dtype=torch.float32, device=logits.device)

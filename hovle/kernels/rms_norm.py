@@ -123,8 +123,6 @@ def _(x, weight, eps, residual):
     return y, x.new_empty(x.shape)
 
 
-
-
 def _check(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None) -> None:
     if x.dim() != 2 or x.dtype not in FLOATS or x.stride(-1) != 1:
         raise ValueError(

@@ -91,13 +91,32 @@ def _launch(q: torch.Tensor, k: torch.Tensor | None, cos: torch.Tensor, sin: tor
     half, hq, hkv = q.shape[2] // 2, q.shape[1], k_in.shape[1]
     tile = (max(hq, hkv) if k is not None else hq) * q.shape[2]
     _rotary_kernel[(q.shape[0],)](
-        q, k_in, cos, sin, q_out, k_out,
-        q.stride(0), q.stride(1), k_in.stride(0), k_in.stride(1), cos.stride(0), sin.stride(0),
-        q_out.stride(0), q_out.stride(1), k_out.stride(0), k_out.stride(1),
-        hq, hkv,
-        HALF=half, HAS_K=k is not None, BLOCK_HQ=triton.next_power_of_2(hq), BLOCK_HKV=triton.next_power_of_2(hkv),
-        BLOCK_HALF=triton.next_power_of_2(half), num_warps=warps(tile), enable_fp_fusion=False,
-    )  # fmt: skip
+        q,
+        k_in,
+        cos,
+        sin,
+        q_out,
+        k_out,
+        q.stride(0),
+        q.stride(1),
+        k_in.stride(0),
+        k_in.stride(1),
+        cos.stride(0),
+        sin.stride(0),
+        q_out.stride(0),
+        q_out.stride(1),
+        k_out.stride(0),
+        k_out.stride(1),
+        hq,
+        hkv,
+        HALF=half,
+        HAS_K=k is not None,
+        BLOCK_HQ=triton.next_power_of_2(hq),
+        BLOCK_HKV=triton.next_power_of_2(hkv),
+        BLOCK_HALF=triton.next_power_of_2(half),
+        num_warps=warps(tile),
+        enable_fp_fusion=False,
+    )
     return q_out, k_out
 
 
@@ -121,8 +140,6 @@ def _rotate_op(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 @_rotate_op.register_fake
 def _(x, cos, sin):
     return x.new_empty(x.shape)
-
-
 
 
 def check_rotary_args(name: str, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None) -> None:

@@ -39,11 +39,7 @@ def _filtered_probs(row: torch.Tensor, temperature: float, top_k: int, top_p: fl
 
 
 def sample_ref(
-    logits: torch.Tensor,
-    temperature: torch.Tensor,
-    top_k: torch.Tensor,
-    top_p: torch.Tensor,
-    uniform: torch.Tensor,
+    logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, uniform: torch.Tensor
 ) -> torch.Tensor:
     out = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)
     temps, ks, ps, us = temperature.tolist(), top_k.tolist(), top_p.tolist(), uniform.tolist()
@@ -147,11 +143,7 @@ def _row_block(v: int) -> tuple[int, int]:
 
 @torch.library.custom_op("hovle::sample", mutates_args=())
 def sample(
-    logits: torch.Tensor,
-    temperature: torch.Tensor,
-    top_k: torch.Tensor,
-    top_p: torch.Tensor,
-    uniform: torch.Tensor,
+    logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, uniform: torch.Tensor
 ) -> torch.Tensor:
     """Per-row greedy / temperature / top-k / top-p sampling with the caller's uniform draws; `sample_ref` semantics.
 

@@ -28,8 +28,19 @@ def sdpa_gqa(q, k, v, mask=None, causal=False, scale=None) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale)
 
 
-def attention_torch(q, k_cache, v_cache, cu_seqlens, prefix_lens, block_tables, scale=None, cos=None, sin=None,
-                    max_seqlen=None, new_kv=None) -> torch.Tensor:  # fmt: skip
+def attention_torch(
+    q,
+    k_cache,
+    v_cache,
+    cu_seqlens,
+    prefix_lens,
+    block_tables,
+    scale=None,
+    cos=None,
+    sin=None,
+    max_seqlen=None,
+    new_kv=None,
+) -> torch.Tensor:
     """attention_ref's contract through torch's fused SDPA, one sequence at a time (reads lengths on the host)."""
     if cos is not None:
         q = rotate_ref(q, cos, sin)
@@ -48,8 +59,9 @@ def attention_torch(q, k_cache, v_cache, cu_seqlens, prefix_lens, block_tables, 
     return out
 
 
-def decode_attention_torch(q, k_cache, v_cache, seq_lens, block_tables, scale=None, cos=None, sin=None,
-                           max_seq_len=None) -> torch.Tensor:  # fmt: skip
+def decode_attention_torch(
+    q, k_cache, v_cache, seq_lens, block_tables, scale=None, cos=None, sin=None, max_seq_len=None
+) -> torch.Tensor:
     """decode_attention_ref's contract, batched and sync-free. max_seq_len: host bound on seq_lens (default: the
     table's capacity); every row gathers that many keys, the ones past its own length zeroed and masked."""
     if cos is not None:

@@ -88,8 +88,16 @@ class StackBatch:
     fresh: bool = False  # one sequence from position 0: this forward's keys are all of its keys
 
 
-def prefill_batch(rope: Rope, pages: list[list[int]], starts: list[int], lens: list[int], rope_lens: list[int],
-                  page: int, dtype: torch.dtype, device: torch.device) -> StackBatch:  # fmt: skip
+def prefill_batch(
+    rope: Rope,
+    pages: list[list[int]],
+    starts: list[int],
+    lens: list[int],
+    rope_lens: list[int],
+    page: int,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> StackBatch:
     """Sequences adding tokens [starts[b], starts[b] + lens[b]) on top of their cached prefix; `pages[b]` lists
     sequence b's pages (covering at least starts[b] + lens[b] positions). rope_lens[b]: the kv length the
     sequence's rotary tables are computed for (its whole prompt, so that chunked prefill rotates as one forward)."""
@@ -102,15 +110,31 @@ def prefill_batch(rope: Rope, pages: list[list[int]], starts: list[int], lens: l
     cu[1:] = torch.cumsum(torch.tensor(lens), 0)
     to = lambda t: t.to(device, non_blocking=True)  # noqa: E731
     return StackBatch(
-        cos=cos, sin=sin, token_blocks=to(table[seq_of_token, positions // page].long()),
-        token_offsets=to(positions % page), block_tables=to(table), cu_seqlens=to(cu),
-        prefix_lens=to(torch.tensor(starts)), kv_lens=None, decode=False, max_new=max(lens),
-        max_kv=max(s + n for s, n in zip(starts, lens)), fresh=len(lens) == 1 and starts[0] == 0,
-    )  # fmt: skip
+        cos=cos,
+        sin=sin,
+        token_blocks=to(table[seq_of_token, positions // page].long()),
+        token_offsets=to(positions % page),
+        block_tables=to(table),
+        cu_seqlens=to(cu),
+        prefix_lens=to(torch.tensor(starts)),
+        kv_lens=None,
+        decode=False,
+        max_new=max(lens),
+        max_kv=max(s + n for s, n in zip(starts, lens)),
+        fresh=len(lens) == 1 and starts[0] == 0,
+    )
 
 
-def decode_batch(rope: Rope, tables: torch.Tensor, positions: torch.Tensor, kv_lens: torch.Tensor, page: int,
-                 dtype: torch.dtype, max_kv: int, store: bool = True) -> StackBatch:  # fmt: skip
+def decode_batch(
+    rope: Rope,
+    tables: torch.Tensor,
+    positions: torch.Tensor,
+    kv_lens: torch.Tensor,
+    page: int,
+    dtype: torch.dtype,
+    max_kv: int,
+    store: bool = True,
+) -> StackBatch:
     """Metadata of one decode step from device tensors only (no host reads: CUDA-graph capturable).
 
     tables: (B, max_pages) int32; positions, kv_lens: (B,) int64. Each sequence stores its token at `positions`
@@ -119,9 +143,19 @@ def decode_batch(rope: Rope, tables: torch.Tensor, positions: torch.Tensor, kv_l
     cos, sin = rope.cos_sin(positions, kv_lens, dtype)
     blocks = tables.gather(1, (positions // page)[:, None])[:, 0].long()  # (B,) the page holding each position
     return StackBatch(
-        cos=cos, sin=sin, token_blocks=blocks, token_offsets=positions % page, block_tables=tables,
-        cu_seqlens=None, prefix_lens=None, kv_lens=kv_lens, decode=True, max_new=1, max_kv=max_kv, store=store,
-    )  # fmt: skip
+        cos=cos,
+        sin=sin,
+        token_blocks=blocks,
+        token_offsets=positions % page,
+        block_tables=tables,
+        cu_seqlens=None,
+        prefix_lens=None,
+        kv_lens=kv_lens,
+        decode=True,
+        max_new=1,
+        max_kv=max_kv,
+        store=store,
+    )
 
 
 class DecoderStack:
@@ -132,8 +166,14 @@ class DecoderStack:
         self.q_size = cfg.num_heads * cfg.head_dim
         self.kv_size = cfg.num_kv_heads * cfg.head_dim
 
-    def forward(self, x: torch.Tensor, batch: StackBatch, cache, final_norm: torch.Tensor | None = None,
-                head: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    def forward(
+        self,
+        x: torch.Tensor,
+        batch: StackBatch,
+        cache,
+        final_norm: torch.Tensor | None = None,
+        head: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """x: (T, C). Returns the residual stream after the last layer; with `final_norm` its RMSNorm; with `head`
         too, the logits (T, V) in the activation dtype. Each pre-norm goes with the projection after it (and the
         SwiGLU after the gate/up projection) into ops.norm_linear, which backends may fuse."""
@@ -164,6 +204,16 @@ class DecoderStack:
                 q, k_cache, v_cache, b.kv_lens, b.block_tables, cos=b.cos, sin=b.sin, max_seq_len=b.max_kv
             )
         else:
-            o = self.ops.attention(q, k_cache, v_cache, b.cu_seqlens, b.prefix_lens, b.block_tables, cos=b.cos,
-                                   sin=b.sin, max_seqlen=b.max_new, new_kv=(k, v) if b.fresh else None)  # fmt: skip
+            o = self.ops.attention(
+                q,
+                k_cache,
+                v_cache,
+                b.cu_seqlens,
+                b.prefix_lens,
+                b.block_tables,
+                cos=b.cos,
+                sin=b.sin,
+                max_seqlen=b.max_new,
+                new_kv=(k, v) if b.fresh else None,
+            )
         return F.linear(o.reshape(t, self.q_size), layer.wo)  # (T, Hq, D) -> (T, Hq D)

@@ -1,4 +1,4 @@
-"""Image loading and HoVLE/InternVL dynamic-tiling preprocessing (spec section 7).
+"""Image loading and HoVLE/InternVL dynamic-tiling preprocessing (docs/hovle.md §7).
 
 Pipeline, bit-identical to the authors' README path `Image.open(f).convert("RGB")` -> `dynamic_preprocess` ->
 torchvision `Resize((448, 448)) + ToTensor + Normalize`, without depending on torchvision:
@@ -9,8 +9,9 @@ torchvision `Resize((448, 448)) + ToTensor + Normalize`, without depending on to
                  + the thumbnail, -> (n, 3, S, S) float32, ((x / 255) - mean) / std per channel -> ImageInput
 
 The tiles have one specification, hovle.kernels.preprocess.preprocess_tiles_ref (PIL + torch), which the Python path
-runs; preprocess="auto" runs the same step as one native C++ pass instead (hovle.kernels.preprocess.preprocess_tiles),
-bit-identical to it (tests/test_native_preprocess.py); the tiling decision stays here in Python.
+runs; preprocess="auto" runs the same step as one native C++ pass instead
+(hovle.kernels.preprocess.preprocess_tiles), bit-identical to it (tests/kernels/test_preprocess.py); the tiling
+decision stays here in Python.
 
 EXIF orientation is deliberately NOT applied: the reference does not call ImageOps.exif_transpose, so a rotated
 phone photo must reach the model exactly as the reference feeds it.
@@ -226,8 +227,9 @@ def preprocess(
     grid = _grid(img.size, dynamic, min_num, max_num, image_size)
     rgb = np.asarray(img)  # (H, W, 3) uint8
     pixel_values = preprocess_tiles_ref(rgb, grid, image_size, use_thumbnail)
-    return ImageInput(pixel_values, grid, pixel_values.shape[0], img.size, "python",
-                      content_key(rgb, grid, image_size, use_thumbnail))  # fmt: skip
+    return ImageInput(
+        pixel_values, grid, pixel_values.shape[0], img.size, "python", content_key(rgb, grid, image_size, use_thumbnail)
+    )
 
 
 def _grid(size: tuple[int, int], dynamic: bool, min_num: int, max_num: int, image_size: int) -> tuple[int, int]:

@@ -3,7 +3,7 @@
 Matches the slow HF InternLM2Tokenizer used by HoVLE: the text is split on every special/added token string,
 those map straight to their ids, every other chunk is encoded on its own by SentencePiece, BOS is prepended.
 Every special id is read from the checkpoint's files, so the same code serves the released 92553-token
-vocabulary and the small ones written by `hovle.tooling.tokenizer_trainer` (tests, the default model).
+vocabulary and the small ones written by `hovle.default_model.tokenizer_trainer` (tests, the default model).
 """
 
 from __future__ import annotations
@@ -60,8 +60,10 @@ def _check_utf8(text: str) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise InputError(f"the text is not valid Unicode: {exc.reason} at character {exc.start} "
-                         f"({text[max(0, exc.start - 10) : exc.start]!r} then {text[exc.start]!r})") from None
+        raise InputError(
+            f"the text is not valid Unicode: {exc.reason} at character {exc.start} "
+            f"({text[max(0, exc.start - 10) : exc.start]!r} then {text[exc.start]!r})"
+        ) from None
 
 
 class Tokenizer:

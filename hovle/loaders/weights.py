@@ -213,8 +213,10 @@ def _load_file(file: Path, infos: list[TensorInfo], out: dict, dtype, device, ba
 def _finite(info: TensorInfo, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A weight with NaN or inf would turn every answer into garbage (or id 0): refused at load, by name."""
     if not bool(torch.isfinite(t).all()):
-        raise WeightsError(f"tensor {info.name!r} in {info.file}: {int((~torch.isfinite(t)).sum())} of {t.numel()} "
-                           f"values are NaN or inf (in the file, or out of {dtype}'s range after the cast)")
+        raise WeightsError(
+            f"tensor {info.name!r} in {info.file}: {int((~torch.isfinite(t)).sum())} of {t.numel()} "
+            f"values are NaN or inf (in the file, or out of {dtype}'s range after the cast)"
+        )
     return t
 
 

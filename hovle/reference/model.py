@@ -1,8 +1,9 @@
-"""Independent HoVLE / HoVLE-HD reference for the engine's correctness tests (spec: shared/spec/hovle.md).
+"""Independent HoVLE / HoVLE-HD reference for the engine's correctness tests (docs/hovle.md).
 
-Only transformers' Llama classes and plain torch, never the engine. InternLM2 layers are Llama layers once the
-fused `wqkv` is split (spec §4.2): each stack (embedding module, LLM) is LlamaDecoderLayers (eager attention) with
-its own LlamaRotaryEmbedding and DynamicCache. One ReferenceHoVLE holds one sequence's state: build one per sequence.
+Only transformers' Llama classes and plain torch, never the engine. InternLM2 layers are Llama layers once the fused
+`wqkv` is split (docs/hovle.md §4.2): each stack (embedding module, LLM) is LlamaDecoderLayers (eager attention)
+with its own LlamaRotaryEmbedding and DynamicCache. One ReferenceHoVLE holds one sequence's state: build one per
+sequence.
 
 RoPE scaling vs InternLM2 (read from transformers' modeling_rope_utils.py): dynamic NTK recomputes inv_freq when
 max(position_ids)+1 exceeds the largest length seen, base' = theta * (factor*L/max_pos - (factor-1)) ** (D/(D-2));
@@ -18,73 +19,18 @@ import math
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from transformers import LlamaConfig
 from transformers.cache_utils import DynamicCache
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
 
-EMB = "embedding_model."
-LLM = "language_model."
-UNUSED = {EMB + "vision_embeddings.class_embedding", LLM + "model.tok_embeddings.weight"}
-LAYER_RENAME = {
-    "attention.wo.weight": "self_attn.o_proj.weight",
-    "feed_forward.w1.weight": "mlp.gate_proj.weight",
-    "feed_forward.w3.weight": "mlp.up_proj.weight",
-    "feed_forward.w2.weight": "mlp.down_proj.weight",
-    "attention_norm.weight": "input_layernorm.weight",
-    "ffn_norm.weight": "post_attention_layernorm.weight",
-}
+from .weights import EMB, LAYER_RENAME, LLM, UNUSED, llama_config, load_tensors, split_wqkv, take
+
+__all__ = ["EMB", "LAYER_RENAME", "LLM", "UNUSED", "ReferenceHoVLE", "load_tensors", "pixel_shuffle", "split_wqkv"]
+
 HD_DECODE_MODES = ("natural", "reference-quirk")
 # The decoder layer's cache keyword: `cache` since transformers 5.25 (`past_key_values` is deprecated there and
 # removed in 5.40), `past_key_values` before. A wrong name would be swallowed by **kwargs and run without a cache.
 CACHE_KW = "cache" if "cache" in inspect.signature(LlamaDecoderLayer.forward).parameters else "past_key_values"
-
-
-def load_tensors(path: str) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint folder: sharded (model.safetensors.index.json) or a single model.safetensors."""
-    try:
-        with open(f"{path}/model.safetensors.index.json") as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
-    except FileNotFoundError:
-        shards = ["model.safetensors"]
-    tensors = {}
-    for shard in shards:
-        tensors.update(load_file(f"{path}/{shard}"))
-    return tensors
-
-
-def rope_parameters(c: dict) -> dict:
-    """InternLM2 rope_theta / rope_scaling {"type", "factor"} -> transformers' rope_parameters."""
-    scaling = c.get("rope_scaling") or {}
-    kind = scaling.get("type", scaling.get("rope_type", "default"))
-    if kind not in ("default", "linear", "dynamic"):
-        raise ValueError(f"unsupported rope_scaling type {kind!r}")
-    params = {"rope_type": kind, "rope_theta": float(c.get("rope_theta", 10000.0))}
-    if kind != "default":
-        params["factor"] = float(scaling["factor"])
-    return params
-
-
-def llama_config(c: dict, eps_default: float, max_pos_default: int, attn: str) -> LlamaConfig:
-    sizes = {k: int(c[k]) for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")}
-    fixed = dict(attention_bias=False, mlp_bias=False, hidden_act="silu", attn_implementation=attn)
-    return LlamaConfig(
-        **sizes,
-        **fixed,
-        vocab_size=int(c.get("vocab_size", c.get("llm_vocab_size", 1))),
-        num_key_value_heads=int(c.get("num_key_value_heads", c["num_attention_heads"])),
-        rms_norm_eps=float(c.get("rms_norm_eps", eps_default)),
-        max_position_embeddings=int(c.get("max_position_embeddings", max_pos_default)),
-        rope_parameters=rope_parameters(c),
-    )
-
-
-def split_wqkv(w: torch.Tensor, n_heads: int, n_kv: int, head_dim: int) -> tuple[torch.Tensor, ...]:
-    """Grouped fused layout (spec §4.2): per kv group, n_rep query heads, one key head, one value head."""
-    n_rep = n_heads // n_kv
-    w = w.view(n_kv, n_rep + 2, head_dim, -1)  # (Hkv, n_rep+2, D, hidden)
-    q = w[:, :n_rep].reshape(n_heads * head_dim, -1)  # (Hkv*n_rep*D, hidden): query head g*n_rep+j
-    return q, w[:, n_rep].reshape(n_kv * head_dim, -1), w[:, n_rep + 1].reshape(n_kv * head_dim, -1)
 
 
 def pixel_shuffle(x: torch.Tensor, ratio: float = 0.5) -> torch.Tensor:
@@ -151,13 +97,6 @@ class Stack(torch.nn.Module):
         for layer in self.layers:
             x = layer(x, attention_mask=mask, position_embeddings=cos_sin, use_cache=True, **{CACHE_KW: cache})
         return x
-
-
-def take(tensors: dict, name: str) -> torch.Tensor:
-    """Pops a checkpoint tensor, so whatever is left at the end is unexpected (strict loading)."""
-    if name not in tensors:
-        raise KeyError(f"checkpoint tensor {name!r} is missing")
-    return tensors.pop(name)
 
 
 class ReferenceHoVLE:
@@ -266,8 +205,9 @@ class ReferenceHoVLE:
         return F.linear(h[0], self.w["output"]).float()  # (q, V), fp32 like the original's logits.float()
 
     @torch.no_grad()
-    def prefill(self, ids_emb: list[int], ids_llm: list[int], pixel_values: torch.Tensor | None = None,
-                generated: int = 0):  # fmt: skip
+    def prefill(
+        self, ids_emb: list[int], ids_llm: list[int], pixel_values: torch.Tensor | None = None, generated: int = 0
+    ):
         """Logits (len(ids_llm), V) fp32 for every LLM position; fills both caches. The last `generated` ids of both
         sequences are generated tokens (a recomputation): always text."""
         if self.llm_cache.get_seq_length():
@@ -283,7 +223,7 @@ class ReferenceHoVLE:
 
     @torch.no_grad()
     def decode_step(self, token: int, hd_decode: str = "natural") -> torch.Tensor:
-        """Logits (V,) fp32 for the position after `token`; spec §3.4 / §3.5."""
+        """Logits (V,) fp32 for the position after `token`; docs/hovle.md §3.4 / §3.5."""
         if hd_decode not in HD_DECODE_MODES:
             raise ValueError(f"hd_decode must be one of {HD_DECODE_MODES}, got {hd_decode!r}")
         if hd_decode == "reference-quirk" and self.loc != "post":

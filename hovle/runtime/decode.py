@@ -1,12 +1,12 @@
 """One decode step for a batch of rows, and its CUDA graphs (one per batch-size bucket and selection mode).
 
 Everything a step needs is read from device tensors through a `rows` tensor: last token, next position in each
-stack, page tables, sampling settings. It runs both stacks, selects the next tokens and writes positions and
-tokens back, with no host read, host-to-device copy or tensor built from Python values in between (the CPU test
-`tests/test_capture_safety.py` checks exactly that). On CUDA each (bucket, penalty, greedy) step is captured once
-and replayed; padding rows of a bucket point at the scratch row, whose positions are reset to 0 every step. The
-common mode (greedy, no penalty) is captured for every bucket when the engine starts (`capture_all`), the others
-on first use; captures run in thread-local mode, so another thread's CUDA call (a request being prepared) cannot
+stack, page tables, sampling settings. It runs both stacks, selects the next tokens and writes positions and tokens
+back, with no host read, host-to-device copy or tensor built from Python values in between (the CPU test
+`tests/runtime/test_capture_safety.py` checks exactly that). On CUDA each (bucket, penalty, greedy) step is captured
+once and replayed; padding rows of a bucket point at the scratch row, whose positions are reset to 0 every step. The
+common mode (greedy, no penalty) is captured for every bucket when the engine starts (`capture_all`), the others on
+first use; captures run in thread-local mode, so another thread's CUDA call (a request being prepared) cannot
 invalidate them. When capture fails the error is raised: a caller who asked for graphs gets graphs or an error
 (`cuda_graphs=False` decodes eagerly). `replays` and `eager_steps` count which path ran, so tests can assert the
 fast one did. The step holds its runner weakly (the runner owns the step), so dropping an engine frees its memory
@@ -37,8 +37,9 @@ class DecodeStep:
         self.replays = 0
         self.eager_steps = 0
 
-    def forward(self, rows: torch.Tensor, uniform: torch.Tensor, max_kv: tuple[int, ...], penalty: bool,
-                greedy: bool) -> torch.Tensor:  # fmt: skip
+    def forward(
+        self, rows: torch.Tensor, uniform: torch.Tensor, max_kv: tuple[int, ...], penalty: bool, greedy: bool
+    ) -> torch.Tensor:
         """The step itself (what gets captured): rows (B,) int64, uniform (B,) -> (2, B) int64 tokens and flags."""
         r = self.runner
         m = r.model
@@ -51,8 +52,9 @@ class DecodeStep:
                 r.positions[k].index_copy_(0, rows, torch.where(pad, 0, positions[k] + 1))
         return out
 
-    def __call__(self, rows: list[int], uniform: list[float], max_kv: tuple[int, ...], penalty: bool,
-                 greedy: bool) -> tuple[list[int], list[bool]]:  # fmt: skip
+    def __call__(
+        self, rows: list[int], uniform: list[float], max_kv: tuple[int, ...], penalty: bool, greedy: bool
+    ) -> tuple[list[int], list[bool]]:
         """Advances `rows` by one token; returns their new tokens and non-finite flags (the one host sync)."""
         if self.graphs_on:
             out = self._replay(rows, uniform, penalty, greedy)
@@ -102,8 +104,10 @@ class DecodeStep:
         dev = r.model.device
         rows_buf = torch.full((bucket,), r.scratch, dtype=torch.int64, device=dev)
         uniform_buf = torch.zeros(bucket, dtype=torch.float32, device=dev)
-        staging = (torch.empty(bucket, dtype=torch.int64).pin_memory(),
-                   torch.empty(bucket, dtype=torch.float32).pin_memory())  # fmt: skip
+        staging = (
+            torch.empty(bucket, dtype=torch.int64).pin_memory(),
+            torch.empty(bucket, dtype=torch.float32).pin_memory(),
+        )
         max_kv = r.capacity
         try:
             side = torch.cuda.Stream()

@@ -15,8 +15,16 @@ SCRATCH_PAGE = 0
 
 
 class PagedKVCache:
-    def __init__(self, num_layers: int, num_pages: int, page_size: int, num_kv_heads: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device | str):  # fmt: skip
+    def __init__(
+        self,
+        num_layers: int,
+        num_pages: int,
+        page_size: int,
+        num_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ):
         shape = (num_layers, num_pages, num_kv_heads, page_size, head_dim)
         self.num_pages, self.page_size = num_pages, page_size
         self.k = fresh(shape, dtype, device)

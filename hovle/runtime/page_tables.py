@@ -31,9 +31,11 @@ class PageTables:
         for k, stack in enumerate(self.stacks):
             need = pages_for(len(seq.prompt_ids(k)) + 1, self.page_size)
             if need > self.pools[k].num_pages - 1:
-                raise InputError(f"the prompt needs {need} KV pages of {self.page_size} tokens in the {stack.name} "
-                                 f"stack but its cache holds {self.pools[k].num_pages - 1}; use fewer tiles (max_num) "
-                                 "or a shorter prompt, or raise kv_cache_memory")  # fmt: skip
+                raise InputError(
+                    f"the prompt needs {need} KV pages of {self.page_size} tokens in the {stack.name} "
+                    f"stack but its cache holds {self.pools[k].num_pages - 1}; use fewer tiles (max_num) "
+                    "or a shorter prompt, or raise kv_cache_memory"
+                )
 
     def cacheable(self, k: int, length: int) -> bool:
         rope = self.stacks[k].rope
@@ -45,8 +47,9 @@ class PageTables:
         False, with nothing taken, when they are not free."""
         n = len(self.stacks)
         ids = [seq.prompt_ids(k) for k in range(n)]
-        hashes = [prefix_hashes(ids[k], self.page_size, seq.request.stack_spans(k), seq.request.image_keys)
-                  for k in range(n)]  # fmt: skip
+        hashes = [
+            prefix_hashes(ids[k], self.page_size, seq.request.stack_spans(k), seq.request.image_keys) for k in range(n)
+        ]
         starts, shared = self._reusable(seq, ids, hashes)
         need = [pages_for(len(ids[k]), self.page_size) - len(shared[k]) for k in range(n)]
         for k in range(n):

@@ -20,12 +20,23 @@ from .plan import DecodeOutput, DecodePlan, PrefillOutput, PrefillPlan, PrefillW
 
 
 class ModelRunner:
-    def __init__(self, model, *, max_batch: int, num_pages: tuple[int, ...], page_size: int,
-                 max_pages: tuple[int, ...], cuda_graphs: bool, vocab_limit: int | None):  # fmt: skip
+    def __init__(
+        self,
+        model,
+        *,
+        max_batch: int,
+        num_pages: tuple[int, ...],
+        page_size: int,
+        max_pages: tuple[int, ...],
+        cuda_graphs: bool,
+        vocab_limit: int | None,
+    ):
         self.model, self.page_size, self.max_pages = model, page_size, max_pages
         dev, n = model.device, max_batch + 1
-        self.caches = [PagedKVCache(s.num_layers, num_pages[k], page_size, s.num_kv_heads, s.head_dim, model.dtype,
-                                    dev) for k, s in enumerate(model.stacks)]  # fmt: skip
+        self.caches = [
+            PagedKVCache(s.num_layers, num_pages[k], page_size, s.num_kv_heads, s.head_dim, model.dtype, dev)
+            for k, s in enumerate(model.stacks)
+        ]
         self.scratch = max_batch
         self.vocab_limit = vocab_limit  # ids >= this cannot be decoded by the tokenizer: never selected
         self.tokens, self.top_k = fresh((n,), torch.int64, dev), fresh((n,), torch.int64, dev)
@@ -69,17 +80,27 @@ class ModelRunner:
         work = [PrefillWork(c.seq.plan, tuple(c.seq.kv_len), c.end, tuple(c.seq.pages)) for c in plan.chunks]
         results = self.model.prefill(work, self.caches, self.page_size)
         cached = [positions for positions, _ in results]
-        scores = [logits.cpu() if c.seq.all_logits and logits is not None else None
-                  for c, (_, logits) in zip(plan.chunks, results)]  # fmt: skip
-        ready = [(c, positions, logits) for c, (positions, logits) in zip(plan.chunks, results)
-                 if c.finishes and not c.seq.all_logits]  # fmt: skip
+        scores = [
+            logits.cpu() if c.seq.all_logits and logits is not None else None
+            for c, (_, logits) in zip(plan.chunks, results)
+        ]
+        ready = [
+            (c, positions, logits)
+            for c, (positions, logits) in zip(plan.chunks, results)
+            if c.finishes and not c.seq.all_logits
+        ]
         if not ready:
             return PrefillOutput(cached, scores, [], [])
         for c, positions, _ in ready:
             seq = c.seq
             self.begin(seq.row, positions, seq.params, seq.prompt_ids(len(positions) - 1) if seq.penalty else [])
-        tokens, bad = self.first_tokens(torch.cat([logits for *_, logits in ready]), [c.seq.row for c, *_ in ready],
-                                        [c.uniform for c, *_ in ready], plan.penalty, plan.greedy)  # fmt: skip
+        tokens, bad = self.first_tokens(
+            torch.cat([logits for *_, logits in ready]),
+            [c.seq.row for c, *_ in ready],
+            [c.uniform for c, *_ in ready],
+            plan.penalty,
+            plan.greedy,
+        )
         return PrefillOutput(cached, scores, tokens, bad)
 
     # ---- rows ---------------------------------------------------------------------------------------------
@@ -96,8 +117,9 @@ class ModelRunner:
             self.seen[row, torch.tensor(seen_ids, dtype=torch.int64)] = True
 
     # ---- token selection ----------------------------------------------------------------------------------
-    def select(self, logits: torch.Tensor, rows: torch.Tensor, uniform: torch.Tensor, penalty: bool,
-               greedy: bool) -> torch.Tensor:  # fmt: skip
+    def select(
+        self, logits: torch.Tensor, rows: torch.Tensor, uniform: torch.Tensor, penalty: bool, greedy: bool
+    ) -> torch.Tensor:
         """(B, V) fp32 logits of `rows` -> (2, B) int64: the new tokens and a non-finite-logits flag per row.
         Writes the tokens into the rows' state. No host read: runs inside the captured decode step."""
         ops = self.model.ops
@@ -115,8 +137,9 @@ class ModelRunner:
             self.seen.index_put_((rows, new), torch.ones_like(new, dtype=torch.bool))
         return torch.stack((new, bad.to(torch.int64)))
 
-    def first_tokens(self, logits: torch.Tensor, rows: list[int], uniform: list[float], penalty: bool,
-                     greedy: bool) -> tuple[list[int], list[bool]]:  # fmt: skip
+    def first_tokens(
+        self, logits: torch.Tensor, rows: list[int], uniform: list[float], penalty: bool, greedy: bool
+    ) -> tuple[list[int], list[bool]]:
         dev = self.model.device
         idx = torch.tensor(rows, dtype=torch.int64).to(dev)
         u = torch.tensor(uniform, dtype=torch.float32).to(dev)

@@ -29,8 +29,17 @@ from .stats import Stats
 
 
 class Scheduler:
-    def __init__(self, pages: PageTables, *, max_batch: int, prefill_chunk: int, idle_chunk: int, eos_id: int,
-                 plan_prompt, recomputable: bool):  # fmt: skip
+    def __init__(
+        self,
+        pages: PageTables,
+        *,
+        max_batch: int,
+        prefill_chunk: int,
+        idle_chunk: int,
+        eos_id: int,
+        plan_prompt,
+        recomputable: bool,
+    ):
         self.pages, self.stacks = pages, pages.stacks
         self.prefill_chunk, self.idle_chunk, self.eos_id = prefill_chunk, idle_chunk, eos_id
         self.plan_prompt = plan_prompt  # the model's: (request, generated, all_logits) -> its prompt plan
@@ -108,8 +117,9 @@ class Scheduler:
         if not seqs:
             return None
         max_kv = tuple(max(s.kv_len[k] for s in seqs) + 1 for k in range(len(self.stacks)))
-        return DecodePlan(seqs, [s.uniform() for s in seqs], max_kv, any(s.penalty for s in seqs),
-                          all(s.greedy for s in seqs), tables)  # fmt: skip
+        return DecodePlan(
+            seqs, [s.uniform() for s in seqs], max_kv, any(s.penalty for s in seqs), all(s.greedy for s in seqs), tables
+        )
 
     def _grow(self, seq: Sequence) -> list:
         """Pages for the positions this step stores; preempts (or fails) the youngest other sequence on a miss."""
@@ -119,16 +129,26 @@ class Scheduler:
             except OutOfPages:  # the youngest goes first: prompts still being prefilled, then running sequences
                 victim = next((s for s in [*reversed(self.prefilling), *reversed(self.running)] if s is not seq), None)
                 if victim is None:
-                    self._fail(seq, InputError(f"request {seq.id}: the KV cache is full with this sequence alone "
-                                               f"({seq.kv_len[-1]} tokens); raise kv_cache_memory"))  # fmt: skip
+                    self._fail(
+                        seq,
+                        InputError(
+                            f"request {seq.id}: the KV cache is full with this sequence alone "
+                            f"({seq.kv_len[-1]} tokens); raise kv_cache_memory"
+                        ),
+                    )
                     return []
                 self._preempt(victim)
 
     def _preempt(self, seq: Sequence) -> None:
         if not self.recomputable:
-            self._fail(seq, InputError(f"request {seq.id}: the KV cache ran out and this model's decoding "
-                                       "(hd_decode='reference-quirk') cannot be recomputed; raise kv_cache_memory or "
-                                       "lower max_batch"))  # fmt: skip
+            self._fail(
+                seq,
+                InputError(
+                    f"request {seq.id}: the KV cache ran out and this model's decoding "
+                    "(hd_decode='reference-quirk') cannot be recomputed; raise kv_cache_memory or "
+                    "lower max_batch"
+                ),
+            )
             return
         self._unschedule(seq)
         seq.status, seq.kv_len = Status.WAITING, [0] * len(self.stacks)
@@ -178,8 +198,13 @@ class Scheduler:
         now = time.perf_counter()
         for seq, token, nonfinite in zip(seqs, tokens, bad):
             if nonfinite:
-                self._fail(seq, NumericsError(f"request {seq.id}: the model's logits for generated token "
-                                              f"{len(seq.generated)} are not finite (NaN or inf)"))  # fmt: skip
+                self._fail(
+                    seq,
+                    NumericsError(
+                        f"request {seq.id}: the model's logits for generated token "
+                        f"{len(seq.generated)} are not finite (NaN or inf)"
+                    ),
+                )
                 continue
             if seq.t_first is None:
                 seq.t_first = now

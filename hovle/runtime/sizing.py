@@ -35,14 +35,18 @@ class Sizing:
         self.max_batch = max_batch or (256 if cuda else 64)
         self.page_size = math.lcm(page_size or DEFAULT_PAGE_SIZE, ops.page_multiple)
         ratio = [s.positions_per_token for s in stacks]
-        per_token = sum(r * PagedKVCache.bytes_per_token(s.num_layers, s.num_kv_heads, s.head_dim, model.dtype)
-                        for r, s in zip(ratio, stacks))  # bytes per token-stack position, every stack included
+        per_token = sum(
+            r * PagedKVCache.bytes_per_token(s.num_layers, s.num_kv_heads, s.head_dim, model.dtype)
+            for r, s in zip(ratio, stacks)
+        )  # bytes per token-stack position, every stack included
         context = max_context or natural
         budget = kv_bytes or self._default_bytes(cuda, context, per_token)
         tokens = budget // per_token  # token-stack positions the budget holds
         if max_context is not None and tokens < max_context:
-            raise InputError(f"max_context = {max_context} needs {max_context * per_token} bytes of KV cache but "
-                             f"{budget} are available; lower it or raise kv_cache_memory")  # fmt: skip
+            raise InputError(
+                f"max_context = {max_context} needs {max_context * per_token} bytes of KV cache but "
+                f"{budget} are available; lower it or raise kv_cache_memory"
+            )
         self.max_context = min(context, max(tokens - self.page_size, 2))
         pages = max(tokens // self.page_size, 2)
         self.num_pages = tuple(r * pages + 1 for r in ratio)  # + the scratch page

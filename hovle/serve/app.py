@@ -23,9 +23,10 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from ..engine import Engine, Handle
+from ..engine import Engine
 from ..errors import EngineClosed, HoVLEError, Overloaded
 from ..generation import GenerationResult, SamplingParams
+from ..handles import Handle
 from ..runtime.output import Done, Failed, Token
 from .metrics import EngineCollector
 from .protocol import ApiError, ChatRequest, input_error, to_engine
@@ -43,8 +44,9 @@ class ServerConfig:
 
     @classmethod
     def from_args(cls, args, model_name: str) -> ServerConfig:
-        return cls(model_name, args.api_key, args.max_images_per_request, args.max_image_bytes,
-                   args.allowed_local_media_path)  # fmt: skip
+        return cls(
+            model_name, args.api_key, args.max_images_per_request, args.max_image_bytes, args.allowed_local_media_path
+        )
 
 
 class _Events:
@@ -89,8 +91,13 @@ def build_app(engine: Engine, config: ServerConfig) -> FastAPI:
     @app.get("/v1/models")
     async def models(request: Request):
         authorize(request)
-        card = {"id": config.model_name, "object": "model", "created": 0, "owned_by": "hovle-engine",
-                "max_model_len": engine.max_context}  # fmt: skip
+        card = {
+            "id": config.model_name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "hovle-engine",
+            "max_model_len": engine.max_context,
+        }
         return {"object": "list", "data": [card]}
 
     @app.post("/v1/chat/completions")
@@ -117,8 +124,12 @@ async def _parse(request: Request, config: ServerConfig) -> ChatRequest:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
         raise ApiError(400, problems) from None
     if body.model != config.model_name:
-        raise ApiError(404, f"model {body.model!r} does not exist here; /v1/models lists {config.model_name!r}",
-                       "not_found_error", "model")  # fmt: skip
+        raise ApiError(
+            404,
+            f"model {body.model!r} does not exist here; /v1/models lists {config.model_name!r}",
+            "not_found_error",
+            "model",
+        )
     body.refuse_unsupported()
     return body
 

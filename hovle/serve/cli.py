@@ -11,8 +11,12 @@ from ..errors import InputError
 def add_serve_parser(sub, add_engine_options) -> None:
     serve = sub.add_parser("serve", help="serve the OpenAI chat API over HTTP (needs `pip install .[serve]`)")
     serve.add_argument("--model", default=None, help="checkpoint folder (default: the embedded default model)")
-    serve.add_argument("--variant", default="hovle", choices=("hovle", "hovle-hd"),
-                       help="which embedded default model, without --model")  # fmt: skip
+    serve.add_argument(
+        "--variant",
+        default="hovle",
+        choices=("hovle", "hovle-hd"),
+        help="which embedded default model, without --model",
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--max-batch", type=int, default=None, help="sequences decoded together")
@@ -30,7 +34,7 @@ def serve(args: argparse.Namespace, make_engine) -> None:
         import uvicorn
     except ImportError as exc:
         raise InputError("serving needs the optional extra: pip install '.[serve]' (FastAPI + uvicorn)") from exc
-    from ..tooling.default_model import ensure_default_model
+    from ..default_model.folder import ensure_default_model
     from .app import ServerConfig, build_app
 
     if not 0 < args.port < 65536:

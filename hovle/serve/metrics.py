@@ -27,18 +27,27 @@ class EngineCollector:
 
     def collect(self):
         s = self.engine.stats()
-        gauges = {"requests_waiting": ("requests in the queue", s["waiting"]),
-                  "requests_running": ("sequences being prefilled or decoded", s["prefilling"] + s["running"]),
-                  "generation_tokens_per_second": (f"tokens generated per second over the last {self.window:g} s",
-                                                   self._rate(s["generated_tokens"]))}  # fmt: skip
+        gauges = {
+            "requests_waiting": ("requests in the queue", s["waiting"]),
+            "requests_running": ("sequences being prefilled or decoded", s["prefilling"] + s["running"]),
+            "generation_tokens_per_second": (
+                f"tokens generated per second over the last {self.window:g} s",
+                self._rate(s["generated_tokens"]),
+            ),
+        }
         for name, (doc, value) in gauges.items():
             yield GaugeMetricFamily(f"hovle_{name}", doc, value=value)
-        counters = {"generated_tokens": "tokens generated", "prefill_tokens": "prompt tokens computed in prefill",
-                    "prefix_hit_tokens": "prompt tokens read from cached prefix pages",
-                    "prefix_hit_requests": "requests that reused cached prefix pages",
-                    "requests_finished": "requests finished", "requests_failed": "requests that failed",
-                    "requests_cancelled": "requests cancelled", "preemptions": "sequences preempted",
-                    "graph_replays": "decode steps replayed from a CUDA graph"}  # fmt: skip
+        counters = {
+            "generated_tokens": "tokens generated",
+            "prefill_tokens": "prompt tokens computed in prefill",
+            "prefix_hit_tokens": "prompt tokens read from cached prefix pages",
+            "prefix_hit_requests": "requests that reused cached prefix pages",
+            "requests_finished": "requests finished",
+            "requests_failed": "requests that failed",
+            "requests_cancelled": "requests cancelled",
+            "preemptions": "sequences preempted",
+            "graph_replays": "decode steps replayed from a CUDA graph",
+        }
         for name, doc in counters.items():
             yield CounterMetricFamily(f"hovle_{name}", doc, value=s[name])
         usage = GaugeMetricFamily("hovle_kv_cache_usage_ratio", "fraction of KV pages in use", labels=["stack"])

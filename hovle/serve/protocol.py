@@ -86,21 +86,29 @@ class ChatRequest(BaseModel):
     ignore_eos: bool = False  # extension (as vLLM's): generate through <|im_end|> up to max_tokens
 
     def refuse_unsupported(self) -> None:
-        checks = [("n", self.n != 1, "only n=1 is supported"), ("logprobs", bool(self.logprobs), "not supported"),
-                  ("tools", bool(self.tools), "tools are not supported"),
-                  ("frequency_penalty", bool(self.frequency_penalty), "not supported (use repetition_penalty)"),
-                  ("presence_penalty", bool(self.presence_penalty), "not supported (use repetition_penalty)")]
+        checks = [
+            ("n", self.n != 1, "only n=1 is supported"),
+            ("logprobs", bool(self.logprobs), "not supported"),
+            ("tools", bool(self.tools), "tools are not supported"),
+            ("frequency_penalty", bool(self.frequency_penalty), "not supported (use repetition_penalty)"),
+            ("presence_penalty", bool(self.presence_penalty), "not supported (use repetition_penalty)"),
+        ]
         for field, bad, why in checks:
             if bad:
                 raise ApiError(400, f"{field}: {why}", param=field)
 
     def sampling(self, default_max_tokens: int) -> dict:
         stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
-        return dict(max_new_tokens=self.max_completion_tokens or self.max_tokens or default_max_tokens,
-                    temperature=1.0 if self.temperature is None else self.temperature,
-                    top_p=1.0 if self.top_p is None else self.top_p, top_k=max(self.top_k or 0, 0),
-                    repetition_penalty=self.repetition_penalty or 1.0, seed=self.seed, stop=stop,
-                    ignore_eos=self.ignore_eos)  # fmt: skip
+        return dict(
+            max_new_tokens=self.max_completion_tokens or self.max_tokens or default_max_tokens,
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            top_k=max(self.top_k or 0, 0),
+            repetition_penalty=self.repetition_penalty or 1.0,
+            seed=self.seed,
+            stop=stop,
+            ignore_eos=self.ignore_eos,
+        )
 
 
 def to_engine(body: ChatRequest, max_images: int, max_image_bytes: int, media_root: str | None):
@@ -139,8 +147,12 @@ def _image_source(url: str, max_bytes: int, media_root: str | None):
             raise ApiError(400, f"image_url: invalid base64 ({exc})", param="image_url") from None
     if url.startswith("file://"):
         return _local_file(url, max_bytes, media_root)
-    raise ApiError(400, "image_url: only data: URLs (and file:// inside --allowed-local-media-path) are accepted; "
-                   "this server fetches nothing from the network", param="image_url")  # fmt: skip
+    raise ApiError(
+        400,
+        "image_url: only data: URLs (and file:// inside --allowed-local-media-path) are accepted; "
+        "this server fetches nothing from the network",
+        param="image_url",
+    )
 
 
 def _local_file(url: str, max_bytes: int, media_root: str | None) -> str:

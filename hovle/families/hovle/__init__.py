@@ -1,9 +1,9 @@
 """HoVLE and HoVLE-HD (OpenGVLab): the holistic embedding module and InternLM2 on top, two KV stacks.
 
-    config.py   config.json -> HoVLEConfig          weights.py  the released tensor names and shapes
-    model.py    HoVLEModel (both stacks, prefill pipeline, decode step)
-    prefill.py  one prompt's chunked prefill (HoVLE-HD's LLM tokens wait for their tile's embedding rows)
-    request.py  chat messages + images -> the ids of both stacks, tiles, image keys
+config.py   config.json -> HoVLEConfig          weights.py  the released tensor names and shapes
+model.py    HoVLEModel (both stacks, prefill pipeline, decode step)
+prefill.py  one prompt's chunked prefill (HoVLE-HD's LLM tokens wait for their tile's embedding rows)
+request.py  chat messages + images -> the ids of both stacks, tiles, image keys
 """
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ def load(path, options, ops, device, dtype) -> Loaded:
     check_tokenizer(cfg, tokenizer, template)
     weights = load_weights(path, cfg, dtype=dtype, device=device, progress=options.progress)
     model = HoVLEModel(cfg, weights, ops, options.hd_decode)
-    builder = RequestBuilder(cfg, tokenizer, template, options.max_tiles or max(cfg.max_dynamic_patch, 1),
-                             options.preprocess)  # fmt: skip
+    builder = RequestBuilder(
+        cfg, tokenizer, template, options.max_tiles or max(cfg.max_dynamic_patch, 1), options.preprocess
+    )
     return Loaded(cfg, tokenizer, model, builder)
 
 

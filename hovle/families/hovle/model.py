@@ -134,23 +134,38 @@ class HoVLEModel:
         ratio = cfg.emb_tokens_per_tile // cfg.tokens_per_tile  # embedding positions per LLM position, at most
         # The quirk stores no generated token in the embedding module, and its LLM keys of generated tokens come
         # from that quirk path: not what a prefill of the same ids computes, so never shared.
-        return (KVStack("embedding", e.num_layers, e.num_kv_heads, e.head_dim, e.rope, ratio, not self.quirk),
-                KVStack("llm", m.num_layers, m.num_kv_heads, m.head_dim, m.rope,
-                        shares_decoded_pages=not self.quirk))  # fmt: skip
+        return (
+            KVStack("embedding", e.num_layers, e.num_kv_heads, e.head_dim, e.rope, ratio, not self.quirk),
+            KVStack("llm", m.num_layers, m.num_kv_heads, m.head_dim, m.rope, shares_decoded_pages=not self.quirk),
+        )
 
     def plan_prompt(self, request, generated: list[int], all_logits: bool) -> PromptPlan:
         """The prefill plan of a (re)admitted request; `generated`: tokens it generated before a preemption."""
-        return PromptPlan(self, request.ids_emb + generated, request.ids_llm + generated, request.spans_emb,
-                          request.spans_llm, request.pixel_values, all_logits=all_logits)  # fmt: skip
+        return PromptPlan(
+            self,
+            request.ids_emb + generated,
+            request.ids_llm + generated,
+            request.spans_emb,
+            request.spans_llm,
+            request.pixel_values,
+            all_logits=all_logits,
+        )
 
     def prefill(self, work: list[PrefillWork], caches, page_size: int) -> list[tuple[tuple[int, int], object]]:
         """Chunks of several prompts in two packed forwards (embedding module, then LLM). Returns per item the
         positions now cached in each stack and the fp32 logits its prompt produced: (1, V) of the last token when
         the prompt is complete, every LLM row for all_logits plans, else None."""
         x = torch.cat([w.plan.emb_inputs(w.start[0], w.end) for w in work])
-        batch = prefill_batch(self.emb_rope, [w.pages[0] for w in work], [w.start[0] for w in work],
-                              [w.end - w.start[0] for w in work], [len(w.plan.ids_emb) for w in work], page_size,
-                              self.dtype, self.device)  # fmt: skip
+        batch = prefill_batch(
+            self.emb_rope,
+            [w.pages[0] for w in work],
+            [w.start[0] for w in work],
+            [w.end - w.start[0] for w in work],
+            [len(w.plan.ids_emb) for w in work],
+            page_size,
+            self.dtype,
+            self.device,
+        )
         h = self.emb_forward(x, batch, caches[Stack.EMBEDDING])
         done, parts, offset = [], [], 0
         for i, w in enumerate(work):
@@ -167,9 +182,16 @@ class HoVLEModel:
 
     def _llm_prefill(self, work: list[PrefillWork], parts: list, caches, page_size: int, logits: list) -> None:
         plans = [work[i].plan for i, *_ in parts]
-        batch = prefill_batch(self.llm_rope, [work[i].pages[1] for i, *_ in parts], [l0 for _, l0, _, _ in parts],
-                              [l1 - l0 for _, l0, l1, _ in parts], [len(p.ids_llm) for p in plans], page_size,
-                              self.dtype, self.device)  # fmt: skip
+        batch = prefill_batch(
+            self.llm_rope,
+            [work[i].pages[1] for i, *_ in parts],
+            [l0 for _, l0, _, _ in parts],
+            [l1 - l0 for _, l0, l1, _ in parts],
+            [len(p.ids_llm) for p in plans],
+            page_size,
+            self.dtype,
+            self.device,
+        )
         hidden = self.llm_forward(torch.cat([x for *_, x in parts]), batch, caches[Stack.LLM])
         offset = 0
         for (i, l0, l1, _), plan in zip(parts, plans):
@@ -180,15 +202,23 @@ class HoVLEModel:
             elif l1 == len(plan.ids_llm):
                 logits[i] = self.logits(rows[-1:])
 
-    def decode(self, tokens: torch.Tensor, positions: list[torch.Tensor], tables: list[torch.Tensor], caches,
-               page_size: int, max_kv: tuple[int, int]) -> torch.Tensor:  # fmt: skip
+    def decode(
+        self,
+        tokens: torch.Tensor,
+        positions: list[torch.Tensor],
+        tables: list[torch.Tensor],
+        caches,
+        page_size: int,
+        max_kv: tuple[int, int],
+    ) -> torch.Tensor:
         """One new token per row through both stacks, from device tensors only: tokens (B,) int64, positions[k] (B,)
         the next position of each row in stack k, tables[k] (B, max_pages) int32 -> (B, V) fp32 logits. Under the
         quirk the embedding module's position does not advance: each token goes at N_hd - 1 and attends to the
         prompt's N_hd keys, storing nothing."""
         emb_pos, llm_pos = positions
         first = emb_pos - 1 if self.quirk else emb_pos
-        emb = decode_batch(self.emb_rope, tables[0], first, first + 1, page_size, self.dtype, max_kv[0],
-                           store=not self.quirk)  # fmt: skip
+        emb = decode_batch(
+            self.emb_rope, tables[0], first, first + 1, page_size, self.dtype, max_kv[0], store=not self.quirk
+        )
         llm = decode_batch(self.llm_rope, tables[1], llm_pos, llm_pos + 1, page_size, self.dtype, max_kv[1])
         return self.decode_step(tokens, emb, llm, caches[0], caches[1])

@@ -34,8 +34,16 @@ class PromptPlan:
     """The prefill of one prompt (both stacks' ids, where its images sit) and its buffers between chunks. How far
     the prefill got is the sequence's (the runtime's `kv_len`): every method is told where it stands."""
 
-    def __init__(self, model, ids_emb: list[int], ids_llm: list[int], spans_emb, spans_llm,
-                 pixel_values: torch.Tensor | None, all_logits: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        model,
+        ids_emb: list[int],
+        ids_llm: list[int],
+        spans_emb,
+        spans_llm,
+        pixel_values: torch.Tensor | None,
+        all_logits: bool = False,
+    ):
         self.model, self.hd = model, model.cfg.is_hd
         self.ids_emb, self.ids_llm = ids_emb, ids_llm
         self.all_logits = all_logits

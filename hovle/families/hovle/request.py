@@ -56,17 +56,20 @@ def context_runs(ids: list[int], ctx_id: int) -> list[tuple[int, int]]:
 
 def check_tile_budget(max_num, limit: int) -> int:
     if not isinstance(max_num, int) or isinstance(max_num, bool) or not 1 <= max_num <= limit:
-        raise InputError(f"max_num = {max_num!r}; expected an integer in [1, {limit}] (most tiles per image; the "
-                         f"limit is the engine's max_tiles, raised with Engine.from_pretrained(max_tiles=...) up "
-                         f"to {MAX_TILES_CAP})")  # fmt: skip
+        raise InputError(
+            f"max_num = {max_num!r}; expected an integer in [1, {limit}] (most tiles per image; the "
+            f"limit is the engine's max_tiles, raised with Engine.from_pretrained(max_tiles=...) up "
+            f"to {MAX_TILES_CAP})"
+        )
     return max_num
 
 
 class RequestBuilder:
     """Turns messages and images into Requests for one model (config, tokenizer, template)."""
 
-    def __init__(self, cfg: HoVLEConfig, tokenizer: Tokenizer, template: ChatTemplate, max_tiles: int,
-                 preprocess: str = "auto"):  # fmt: skip
+    def __init__(
+        self, cfg: HoVLEConfig, tokenizer: Tokenizer, template: ChatTemplate, max_tiles: int, preprocess: str = "auto"
+    ):
         self.cfg, self.tokenizer, self.template, self.max_tiles = cfg, tokenizer, template, max_tiles
         self.preprocess = preprocess  # "auto": the native C++ image path when it is built, else PIL
 
@@ -89,18 +92,27 @@ class RequestBuilder:
             ids_emb = self._encode(segments, counts_emb, raw is not None)
             spans_emb = self._image_runs(ids_emb, counts_emb)
         return Request(
-            ids_llm, ids_emb, torch.cat([x.pixel_values for x in inputs]) if inputs else None, tiles,
-            [tuple(x.grid) for x in inputs], time.perf_counter() - t0, sorted({x.path for x in inputs}),
-            [x.key for x in inputs], spans_llm, spans_emb,
-        )  # fmt: skip
+            ids_llm,
+            ids_emb,
+            torch.cat([x.pixel_values for x in inputs]) if inputs else None,
+            tiles,
+            [tuple(x.grid) for x in inputs],
+            time.perf_counter() - t0,
+            sorted({x.path for x in inputs}),
+            [x.key for x in inputs],
+            spans_llm,
+            spans_emb,
+        )
 
     def _image_runs(self, ids: list[int], expected: list[int]) -> list[tuple[int, int]]:
         """Each image's IMG_CONTEXT run; only a raw prompt can hold the id elsewhere, and that is refused."""
         runs = context_runs(ids, self.cfg.embedding.img_context_token_id)
         if [end - start for start, end in runs] != expected:
-            raise InputError(f"the raw prompt holds <IMG_CONTEXT> outside the image slots (runs of "
-                             f"{[end - start for start, end in runs]} tokens where the images give {expected}); "
-                             "images go where \"<image>\" is")  # fmt: skip
+            raise InputError(
+                f"the raw prompt holds <IMG_CONTEXT> outside the image slots (runs of "
+                f"{[end - start for start, end in runs]} tokens where the images give {expected}); "
+                'images go where "<image>" is'
+            )
         return runs
 
     def _segments(self, messages, n_images: int, raw: str | None):
@@ -125,8 +137,14 @@ class RequestBuilder:
     def _image(self, img, max_num: int, k: int):
         cfg = self.cfg
         try:
-            return preprocess(img, image_size=cfg.image_size, min_num=min(cfg.min_dynamic_patch, max_num),
-                              max_num=max_num, use_thumbnail=cfg.use_thumbnail, dynamic=cfg.dynamic_image_size,
-                              preprocess=self.preprocess)  # fmt: skip
+            return preprocess(
+                img,
+                image_size=cfg.image_size,
+                min_num=min(cfg.min_dynamic_patch, max_num),
+                max_num=max_num,
+                use_thumbnail=cfg.use_thumbnail,
+                dynamic=cfg.dynamic_image_size,
+                preprocess=self.preprocess,
+            )
         except ImageError as exc:
             raise ImageError(f"image {k}: {exc}") from exc
