@@ -54,7 +54,7 @@ test-latest:
 	rm -rf .venv-latest
 	$(call make_venv,.venv-latest,--upgrade)
 	.venv-latest/bin/python -m pip list --format=freeze 2>/dev/null | grep -iE "^(transformers|kernels|torch|triton|fastapi|numpy)=="
-	.venv-latest/bin/python -m pytest -q $(PYTEST_ARGS)
+	.venv-latest/bin/python -m pytest -q -n auto $(PYTEST_ARGS)
 
 # Rewrites constraints.txt: every package the install above needs (pyproject.toml's dependencies, extras and build
 # requirements, and TORCH_SPEC's dependencies), resolved at the newest versions allowed today. torch itself is

@@ -11,31 +11,9 @@ from PIL import Image
 from hovle.errors import ImageError
 from hovle.kernels import preprocess as kp
 from hovle.loaders.image import preprocess
+from tests.support import photo
 
 needs_native = pytest.mark.skipif(not kp.native_available(), reason=f"native CPU path: {kp.native_problem()}")
-
-
-def photo(w, h, seed=0):
-    """Photo-like: smooth gradients plus seeded noise."""
-    rng = np.random.default_rng(seed)
-    x = np.linspace(0, 220, w, dtype=np.float32)[None, :]
-    y = np.linspace(0, 220, h, dtype=np.float32)[:, None]
-    base = np.stack([x + 0 * y, y + 0 * x, (x + y) * 0.55], axis=-1)  # (h, w, 3)
-    return np.clip(base + rng.normal(0, 18, (h, w, 3)).astype(np.float32), 0, 255).astype(np.uint8)
-
-
-def drawing(w, h, seed=0):
-    """Drawing-like: flat colour rectangles, black and white lines (sharp edges: bicubic overshoot gets clipped)."""
-    rng = np.random.default_rng(seed)
-    img = np.empty((h, w, 3), np.uint8)
-    img[:] = rng.integers(0, 256, 3)
-    for _ in range(12):
-        x0, x1 = np.sort(rng.integers(0, w + 1, 2))
-        y0, y1 = np.sort(rng.integers(0, h + 1, 2))
-        img[y0:y1, x0:x1] = rng.integers(0, 256, 3)
-    img[:: max(h // 7, 2)] = 0
-    img[:, :: max(w // 9, 2)] = 255
-    return img
 
 
 def _sources(tmp_path):
