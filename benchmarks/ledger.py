@@ -179,7 +179,7 @@ def decode_ledger(variant: str = "hovle", batch: int = 1, context: int = 1024, e
     rows = torch.arange(batch, device="meta")
     uniform = torch.empty(batch, device="meta")
     with _Booking(ledger):
-        runner.step.forward(rows, uniform, (emb_ctx + 1, context + 1), penalty=False, greedy=True)
+        runner.decoder.forward(rows, uniform, (emb_ctx + 1, context + 1), penalty=False, greedy=True)
     return ledger
 
 

@@ -83,7 +83,7 @@ class Engine:
         """Chat messages (+ images for their `<image>` placeholders, in order) -> token ids and tiles."""
         return self.builder.build(messages, list(images or []), max_num)
 
-    def _budget(self, req, params: SamplingParams) -> int:
+    def _max_new(self, req, params: SamplingParams) -> int:
         stacks = range(len(self.model.stacks))
         n = len(req.stack_ids(stacks[-1]))
         if n >= self.max_context:
@@ -138,7 +138,7 @@ class Engine:
             req = self.builder.build(messages, split_images(images, True, 1)[0], max_num)
         else:
             req = messages
-        self._budget(req, SamplingParams())
+        self._max_new(req, SamplingParams())
         events: queue.SimpleQueue = queue.SimpleQueue()
         seq = Sequence(req, SamplingParams(max_new_tokens=1), 1, events, len(self.model.stacks), all_logits=True)
         self.loop.submit([seq])
@@ -150,7 +150,7 @@ class Engine:
     def stats(self) -> dict:
         """Scheduler counters, queue and cache occupancy (per KV stack), and which decode path ran (graph replays
         vs eager steps)."""
-        s, sched, step = self.scheduler.stats, self.scheduler, self.runner.step
+        s, sched, step = self.scheduler.stats, self.scheduler, self.runner.decoder
         used, total = sched.pages.usage()
         return {
             "waiting": len(sched.waiting),
@@ -181,11 +181,11 @@ class Engine:
         """Hands requests (from `prepare`) to the engine's loop; it puts hovle.runtime.output events on `events`
         (anything with `put`): Token(index, token, text delta) as tokens come, then Done(index, reason) or
         Failed(index, error). Returns a Handle per request (cancel, result). For servers."""
-        budgets = [self._budget(r, params) for r in requests]
+        max_new = [self._max_new(r, params) for r in requests]
         start = time.perf_counter() - max((r.preprocess_s for r in requests), default=0.0)
         seqs = [
             Sequence(r, params, b, events, len(self.model.stacks), index=i, stream=stream)
-            for i, (r, b) in enumerate(zip(requests, budgets))
+            for i, (r, b) in enumerate(zip(requests, max_new))
         ]
         self.loop.submit(seqs)
         return [Handle(seq, self.loop, start) for seq in seqs]
@@ -239,7 +239,7 @@ def _runtime(loaded, opts: EngineOptions, ops) -> tuple[EngineLoop, EngineOption
         cuda_graphs=opts.cuda_graphs,
         vocab_limit=tokenizer.vocab_size if tokenizer.vocab_size < model.vocab_size else None,
     )
-    runner.step.capture_all(sizing.max_batch)  # CUDA graphs of the common decode mode, before any request
+    runner.decoder.capture_all(sizing.max_batch)  # CUDA graphs of the common decode mode, before any request
     chunk = opts.prefill_chunk or (4096 if opts.device.type == "cuda" else 2048)
     pages = PageTables(model.stacks, sizing.num_pages, sizing.page_size, opts.prefix_caching)
     scheduler = Scheduler(

@@ -8,7 +8,7 @@ builder. The runtime (hovle/runtime) is the same for every family and needs only
                       indexes them (none for an encoder-only model); the last one produces the tokens
     device, dtype, ops, vocab_size
     plan_prompt(request, generated, all_logits) -> a prompt plan: resume(cached, page_size) gives the positions a
-                      prefill restarts from when cached prefix pages are shared; release() drops its buffers
+                      prefill restarts from when cached prefix pages are shared; drop_buffers() frees them
     prefill(work, caches, page_size) -> [(positions now cached per stack, fp32 logits or None)] for a list of
                       PrefillWork (chunks of several sequences in one packed forward per stack)
     decode(tokens, positions, tables, caches, max_kv) -> (B, V) fp32 logits of one new token per row, from device

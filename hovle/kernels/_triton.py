@@ -84,9 +84,9 @@ def fitting_configs(smem_bytes, then=None):
 
     def prune(configs: list, named_args: dict, **kwargs) -> list:
         device = next(t.device for t in named_args.values() if hasattr(t, "device"))
-        budget = smem_limit(device) - SMEM_MARGIN
+        room = smem_limit(device) - SMEM_MARGIN
         cost = {id(c): smem_bytes(c, named_args, kwargs) for c in configs}
-        kept = [c for c in configs if cost[id(c)] <= budget] or [min(configs, key=lambda c: cost[id(c)])]
+        kept = [c for c in configs if cost[id(c)] <= room] or [min(configs, key=lambda c: cost[id(c)])]
         kept = then(kept, named_args, **kwargs) if then is not None else kept
         return kept if autotuning() else kept[:1]
 

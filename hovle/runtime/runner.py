@@ -48,12 +48,12 @@ class ModelRunner:
         self.tokens[self.scratch] = 0
         for table in self.tables:
             table[self.scratch] = SCRATCH_PAGE
-        self.step = DecodeStep(self, cuda_graphs)
+        self.decoder = DecodeStep(self, cuda_graphs)
 
     def close(self) -> None:
         """Frees the device memory at once: the KV caches, the penalty mask and the captured graphs (the runner
         cannot run afterwards; the engine is closed)."""
-        self.step.close()
+        self.decoder.close()
         for cache in self.caches:
             cache.free()
         self.seen = None
@@ -67,7 +67,7 @@ class ModelRunner:
     def execute(self, plan: PrefillPlan | DecodePlan) -> PrefillOutput | DecodeOutput:
         self.write_tables(plan.tables)
         if isinstance(plan, DecodePlan):
-            tokens, bad = self.step([s.row for s in plan.seqs], plan.uniform, plan.max_kv, plan.penalty, plan.greedy)
+            tokens, bad = self.decoder([s.row for s in plan.seqs], plan.uniform, plan.max_kv, plan.penalty, plan.greedy)
             return DecodeOutput(tokens, bad)
         return self._prefill(plan)
 

@@ -80,7 +80,7 @@ class Scheduler:
             seq = self.waiting[0]
             seq.plan = self.plan_prompt(seq.request, seq.generated, seq.all_logits)
             if not self.pages.admit(seq):
-                seq.plan.release()
+                seq.plan.drop_buffers()
                 seq.plan = None
                 break  # its pages are not free yet: FIFO, nobody overtakes it
             self.waiting.popleft()
@@ -95,16 +95,16 @@ class Scheduler:
     def _prefill_plan(self, tables: list) -> PrefillPlan:
         # Chunks exist to keep running streams moving; with none running, a whole prompt (up to idle_chunk) goes in
         # one forward: fewer launches, no re-read of the prompt's own keys, and the fastest TTFT.
-        budget = self.prefill_chunk if self.running else self.idle_chunk
+        room = self.prefill_chunk if self.running else self.idle_chunk  # first-stack positions this plan may take
         chunks = []
         for seq in self.prefilling:
-            if budget <= 0:
+            if room <= 0:
                 break
             n = len(seq.prompt_ids(0))
-            end = min(n, seq.kv_len[0] + budget)
+            end = min(n, seq.kv_len[0] + room)
             finishing = end == n and not seq.all_logits
             chunks.append(PrefillChunk(seq, end, end == n, seq.uniform() if finishing else 0.0))
-            budget -= end - seq.kv_len[0]
+            room -= end - seq.kv_len[0]
         first = [c.seq for c in chunks if c.finishes and not c.seq.all_logits]
         return PrefillPlan(chunks, tables, any(s.penalty for s in first), all(s.greedy for s in first))
 
@@ -173,7 +173,7 @@ class Scheduler:
                 seq.logits.append(score)
         done = [c.seq for c in plan.chunks if c.finishes]
         for seq in done:
-            seq.plan.release()
+            seq.plan.drop_buffers()
             seq.plan = None
             self.prefilling.remove(seq)
             self.pages.register_prompt(seq)
@@ -214,7 +214,7 @@ class Scheduler:
             seq.t_last = now
             seq.generated.append(token)
             self.stats.generated_tokens += 1
-            reason = finish_reason(seq.text, token, self.eos_id, seq.params.ignore_eos, seq.budget)
+            reason = finish_reason(seq.text, token, self.eos_id, seq.params.ignore_eos, seq.max_new)
             seq.events.put(Token(seq.index, token, seq.text.delta(reason is not None) if seq.stream else ""))
             if reason is not None:
                 self._finish(seq, reason)
@@ -227,7 +227,7 @@ class Scheduler:
             if seq in group:
                 group.remove(seq)
         if seq.plan is not None:
-            seq.plan.release()
+            seq.plan.drop_buffers()
             seq.plan = None
         self.pages.release(seq)
         if seq.row is not None:

@@ -26,7 +26,7 @@ class Status(Enum):
 class Sequence:
     request: object  # the family's request: stack_ids(k), stack_spans(k), image_keys, pixel_values, tiles
     params: SamplingParams
-    budget: int  # most new tokens (max_new_tokens clamped to the context)
+    max_new: int  # most new tokens (max_new_tokens clamped to the context)
     events: object  # anything with put(event): the caller's queue (hovle/runtime/output.py's events)
     stacks: int = 2  # KV stacks of the model
     index: int = 0  # position in the caller's batch

@@ -40,12 +40,12 @@ class Sizing:
             for r, s in zip(ratio, stacks)
         )  # bytes per token-stack position, every stack included
         context = max_context or natural
-        budget = kv_bytes or self._default_bytes(cuda, context, per_token)
-        tokens = budget // per_token  # token-stack positions the budget holds
+        kv_bytes = kv_bytes or self._default_bytes(cuda, context, per_token)
+        tokens = kv_bytes // per_token  # token-stack positions the KV cache holds
         if max_context is not None and tokens < max_context:
             raise InputError(
                 f"max_context = {max_context} needs {max_context * per_token} bytes of KV cache but "
-                f"{budget} are available; lower it or raise kv_cache_memory"
+                f"{kv_bytes} are available; lower it or raise kv_cache_memory"
             )
         self.max_context = min(context, max(tokens - self.page_size, 2))
         pages = max(tokens // self.page_size, 2)

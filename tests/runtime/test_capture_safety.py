@@ -137,7 +137,7 @@ def test_decode_step_does_nothing_capture_forbids(tmp_path_factory, variant, qui
     uniform = torch.zeros(3, dtype=torch.float32).to(DEVICE)
     trap = HostDeviceTrap()
     with trap:
-        out = runner.step.forward(rows, uniform, runner.capacity, penalty, greedy)
+        out = runner.decoder.forward(rows, uniform, runner.capacity, penalty, greedy)
     assert out.shape == (2, 3) and out.device.type == DEVICE
     assert not trap.violations, "the decode step cannot be captured:\n" + "\n".join(trap.violations)
 

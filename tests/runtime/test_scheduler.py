@@ -35,7 +35,7 @@ class FakePlan:
     def resume(self, cached, page_size):
         return (0, 0)
 
-    def release(self):
+    def drop_buffers(self):
         pass
 
 

@@ -76,7 +76,7 @@ class PromptPlan:
             return int(self._need[c]) - self.model.cfg.patches_per_tile
         return int(self._src[c])
 
-    def release(self) -> None:
+    def drop_buffers(self) -> None:
         """Drops the device buffers once the prompt is in the caches."""
         self._image_rows = self._h = self._feats = self.pixel_values = None
 
