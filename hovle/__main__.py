@@ -63,9 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--variant", default="both", choices=("hovle", "hovle-hd", "both"))
     _add_engine(demo)
     write = sub.add_parser("write-default", help="write the embedded default checkpoint to a folder")
-    write.add_argument("--out", required=True)
-    write.add_argument("--variant", default="hovle", choices=("hovle", "hovle-hd"))
-    write.add_argument("--overwrite", action="store_true")
+    write.add_argument("--out", required=True, help="the folder to write (created; see --overwrite)")
+    write.add_argument("--variant", default="hovle", choices=("hovle", "hovle-hd"), help="HoVLE or HoVLE-HD")
+    write.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     write.add_argument(
         "--random",
         action="store_true",
@@ -125,28 +125,31 @@ def _show_request(engine, req) -> None:
 
 
 def _show_timings(result) -> None:
+    """Token count, finish reason, time to first token (preprocessing included; shown with the image above) and,
+    from two decoded tokens on, the decode rate (one token has no rate)."""
     t = result.timings
+    rate = f", decode {t.decode_tok_s:.1f} tokens/s over {t.decode_tokens}" if t.decode_tokens >= 2 else ""
     print(
-        f"tokens: {len(result.token_ids)} generated ({result.finish_reason}); preprocess {t.preprocess_s * 1e3:.1f}"
-        f" ms, time to first token {t.ttft_s * 1e3:.1f} ms, decode {t.decode_tok_s:.1f} tokens/s"
+        f"tokens: {len(result.token_ids)} generated ({result.finish_reason}); time to first token "
+        f"{t.ttft_s * 1e3:.1f} ms{rate}"
     )
 
 
 def _generate(engine, args, title: str) -> None:
-    images = args.image or []
+    """The prompt prepared once (its tiles and preprocessing time shown), then generated from."""
+    images = [str(Path(i).expanduser()) for i in args.image or []]
     req = engine.prepare([{"role": "user", "content": args.prompt}], images, args.max_num)
     print(f"== {title}")
     _show_request(engine, req)
-    kw = dict(max_num=args.max_num, **_sampling(args))
     if args.stream:
         print("output: ", end="", flush=True)
-        stream = engine.generate(args.prompt, images, stream=True, **kw)
+        stream = engine.generate(req, stream=True, **_sampling(args))
         for delta in stream:
             print(delta, end="", flush=True)
         print()
         result = stream.result
     else:
-        result = engine.generate(args.prompt, images, **kw)
+        result = engine.generate(req, **_sampling(args))
         print(f"output: {result.text}")
     _show_timings(result)
 
@@ -168,9 +171,10 @@ def _demo(engine, title: str) -> None:
 def _write_default(args) -> Path:
     from .default_model.folder import copy_default_model, write_default_model
 
+    out = Path(args.out).expanduser()
     if not args.random:
-        return copy_default_model(args.out, args.variant, overwrite=args.overwrite)
-    return write_default_model(args.out, args.variant, overwrite=args.overwrite, tiny=not args.full_size)
+        return copy_default_model(out, args.variant, overwrite=args.overwrite)
+    return write_default_model(out, args.variant, overwrite=args.overwrite, tiny=not args.full_size)
 
 
 def _dispatch(args) -> None:
@@ -179,7 +183,10 @@ def _dispatch(args) -> None:
     if args.cmd == "write-default":
         print(_write_default(args))
     elif args.cmd == "generate":
-        engine = _engine(args, args.model)
+        from .generation import SamplingParams
+
+        SamplingParams.build(**_sampling(args))  # a bad sampling option fails before the model loads
+        engine = _engine(args, Path(args.model).expanduser())
         _generate(engine, args, f"{args.model} ({'HoVLE-HD' if engine.cfg.is_hd else 'HoVLE'})")
     elif args.cmd == "serve":
         from .serve.cli import serve

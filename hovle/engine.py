@@ -106,9 +106,15 @@ class Engine:
         **sampling,
     ) -> GenerationResult | list | Stream:
         """One prompt (a user turn) or a list of them. `images`: for one prompt an image or a list of images;
-        for a list of prompts a list with one entry (None, an image or a list of images) per prompt.
+        for a list of prompts a list with one entry (None, an image or a list of images) per prompt. A prompt may
+        also be a request from `prepare` (its images are in it already: `images` and `max_num` are then unused).
         Sampling: max_new_tokens, temperature (0 = greedy), top_k, top_p, repetition_penalty, seed, stop,
         ignore_eos. raw=True: each prompt is the complete template text, its control tokens honoured (opt-in)."""
+        if hasattr(prompts, "stack_ids") or (
+            isinstance(prompts, list) and prompts and hasattr(prompts[0], "stack_ids")
+        ):
+            requests = [prompts] if hasattr(prompts, "stack_ids") else list(prompts)
+            return self._run(requests, hasattr(prompts, "stack_ids"), stream, sampling)
         single = isinstance(prompts, str)
         prompt_list = [prompts] if single else list(prompts) if isinstance(prompts, (list, tuple)) else []
         if not prompt_list or not all(isinstance(p, str) for p in prompt_list):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from .errors import InputError
 from .generation import GenerationResult, Timings
 from .runtime.loop import EngineLoop
 from .runtime.sequence import Sequence
@@ -27,6 +28,9 @@ class Stream:
 
     @property
     def result(self) -> GenerationResult:
+        """The result of a single prompt's stream (a batch's are `results`)."""
+        if not self._single:
+            raise InputError(f"this stream holds {len(self.results)} results, one per prompt: use stream.results")
         return self.results[0]
 
 

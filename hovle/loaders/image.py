@@ -84,7 +84,7 @@ def load_image(src, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     if isinstance(src, Image.Image):
         return _decode(src, "PIL image", max_pixels)
     if isinstance(src, (str, os.PathLike)):
-        path = os.fspath(src)
+        path = os.path.expanduser(os.fspath(src))
         with _open(path, f"image file {path!r}") as img:
             return _decode(img, f"image file {path!r}", max_pixels)
     if isinstance(src, (bytes, bytearray)):

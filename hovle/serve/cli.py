@@ -42,7 +42,13 @@ def serve(args: argparse.Namespace, make_engine) -> None:
     for name in ("max_queue", "max_images_per_request", "max_image_bytes"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} {getattr(args, name)}: expected a positive integer")
-    path = args.model or ensure_default_model(args.variant)
+    if args.allowed_local_media_path is not None:
+        media = Path(args.allowed_local_media_path).expanduser()
+        if not media.is_dir():
+            raise InputError(f"--allowed-local-media-path {media}: no such folder")
+        args.allowed_local_media_path = str(media.resolve())
+    path = Path(args.model).expanduser() if args.model else ensure_default_model(args.variant)
+    name = args.served_model_name or (path.name if args.model else f"hovle-default-{args.variant}")
     engine = make_engine(args, path, max_batch=args.max_batch, max_queue=args.max_queue)
-    name = args.served_model_name or (Path(args.model).name if args.model else f"hovle-default-{args.variant}")
+    print(f"serving {path} as model {name!r} on http://{args.host}:{args.port}/v1", flush=True)
     uvicorn.run(build_app(engine, ServerConfig.from_args(args, name)), host=args.host, port=args.port)
