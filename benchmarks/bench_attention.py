@@ -20,13 +20,13 @@ import torch
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import (  # noqa: E402
-    append_rows,
+from benchmarks.common import (
     attention_inputs,
     bench_device,
     bench_dtype,
     bench_ms,
     compiled,
+    kernel_script,  # noqa: E402
     no_gpu,
     row,
     sizes,
@@ -142,4 +142,4 @@ def run() -> list[dict]:
 
 
 if __name__ == "__main__":
-    append_rows(run())
+    kernel_script(run, __doc__)

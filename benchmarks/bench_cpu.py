@@ -1,11 +1,14 @@
 """CPU numbers for the engine: fp32 logit error against the independent reference, and the embedded default
 model's time to first token and decode tokens/s (batch 1 and 4, greedy, the bundled example image).
 
-Rows go to benchmarks/results/cpu.jsonl with device, versions, commit and date. Run: python benchmarks/bench_cpu.py
+With --record the rows go to benchmarks/results/cpu.jsonl with device, versions, commit and date; without it they are
+printed. Run: python benchmarks/bench_cpu.py [--record]
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -64,6 +67,18 @@ def default_model_speed() -> list[dict]:
     return rows
 
 
-if __name__ == "__main__":
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--record", action="store_true", help="append the rows to benchmarks/results/cpu.jsonl")
+    args = p.parse_args()
     prov = provenance()
-    append_rows([{**r, **prov} for r in reference_errors() + default_model_speed()], "cpu.jsonl")
+    rows = [{**r, **prov} for r in reference_errors() + default_model_speed()]
+    if args.record:
+        append_rows(rows, "cpu.jsonl")
+    else:
+        print("\n".join(json.dumps(r) for r in rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -13,29 +13,32 @@ benchmarks.common.row.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import torch
 
-from benchmarks.common import (
-    append_rows,
+if __package__ in (None, ""):  # run as a script: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import (  # noqa: E402
     attention_inputs,
     bench_device,
     bench_dtype,
     compiled,
     device_ms,
+    kernel_script,
     no_gpu,
     paged,
     row,
     sizes,
 )
-from hovle.kernels.decode_attention import (
+from hovle.kernels.decode_attention import (  # noqa: E402
     _decode_attention_kernel,
     _num_splits,
     _sm_count,
     decode_attention,
     decode_attention_ref,
 )
-from hovle.kernels.torch_backend import decode_attention_torch
+from hovle.kernels.torch_backend import decode_attention_torch  # noqa: E402
 
 HQ, HKV, D, PAGE = sizes((16, 8, 128, 64), (4, 2, 64, 16))
 BATCHES = sizes((1, 8, 32, 64), (2,))
@@ -132,4 +135,4 @@ def run() -> list[dict]:
 
 
 if __name__ == "__main__":
-    append_rows(run())
+    kernel_script(run, __doc__)

@@ -11,7 +11,7 @@ import torch
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import append_rows, bench_device, bench_dtype, compiled, no_gpu, sizes, time_providers  # noqa: E402
+from benchmarks.common import bench_device, bench_dtype, compiled, kernel_script, no_gpu, sizes, time_providers  # noqa: E402
 from hovle.kernels.kv_store import kv_store, kv_store_ref  # noqa: E402
 
 HQ, HKV, D, PAGE, N_PAGES = sizes((16, 8, 128, 64, 4608), (4, 2, 64, 16, 32))
@@ -52,4 +52,4 @@ def run() -> list[dict]:
 
 
 if __name__ == "__main__":
-    append_rows(run())
+    kernel_script(run, __doc__)

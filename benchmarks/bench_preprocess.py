@@ -77,6 +77,7 @@ def providers(img: np.ndarray, max_num: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--record", action="store_true", help="append the rows to benchmarks/results/preprocess.jsonl")
     args = ap.parse_args()
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()  # native default
     print(f"preprocessing paths: {kp.describe()}")
@@ -109,7 +110,8 @@ def main() -> None:
                     **prov,
                 }
                 rows.append(row)
-    append_rows(rows, "preprocess.jsonl")
+    if args.record:
+        append_rows(rows, "preprocess.jsonl")
     print(f"\n{'image':>10} {'max_num':>7} {'tiles':>5} {'provider':>12} {'ms':>9} {'MPix/s':>8} {'x python':>8}")
     for r in rows:
         print(

@@ -10,7 +10,7 @@ import torch
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import append_rows, bench_device, bench_dtype, compiled, no_gpu, sizes, time_providers  # noqa: E402
+from benchmarks.common import bench_device, bench_dtype, compiled, kernel_script, no_gpu, sizes, time_providers  # noqa: E402
 from hovle.kernels.rms_norm import rms_norm, rms_norm_ref  # noqa: E402
 
 SHAPES = sizes([(4096, 2048), (1, 2048), (16, 2048)], [(4, 64)])  # (T, C): prefill and decode batches, model width
@@ -46,4 +46,4 @@ def run() -> list[dict]:
 
 
 if __name__ == "__main__":
-    append_rows(run())
+    kernel_script(run, __doc__)

@@ -10,7 +10,7 @@ import torch
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import append_rows, bench_device, bench_dtype, compiled, no_gpu, sizes, time_providers  # noqa: E402
+from benchmarks.common import bench_device, bench_dtype, compiled, kernel_script, no_gpu, sizes, time_providers  # noqa: E402
 from hovle.kernels.rotary import rotary, rotary_ref  # noqa: E402
 
 # (T, Hq, Hkv, D): a prefill batch and a decode batch of 64
@@ -35,4 +35,4 @@ def run() -> list[dict]:
 
 
 if __name__ == "__main__":
-    append_rows(run())
+    kernel_script(run, __doc__)

@@ -13,7 +13,7 @@ import torch
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import append_rows, bench_device, no_gpu, sizes, time_providers  # noqa: E402
+from benchmarks.common import bench_device, kernel_script, no_gpu, sizes, time_providers  # noqa: E402
 from hovle.kernels.greedy import greedy  # noqa: E402
 from hovle.kernels.repetition_penalty import repetition_penalty, repetition_penalty_ref  # noqa: E402
 from hovle.kernels.sample import sample, sample_ref  # noqa: E402
@@ -75,4 +75,4 @@ def run() -> list[dict]:
 
 
 if __name__ == "__main__":
-    append_rows(run())
+    kernel_script(run, __doc__)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import append_rows, bench_device, bench_dtype, compiled, no_gpu, sizes, time_providers  # noqa: E402
+from benchmarks.common import bench_device, bench_dtype, compiled, kernel_script, no_gpu, sizes, time_providers  # noqa: E402
 from hovle.kernels.swiglu import swiglu, swiglu_ref  # noqa: E402
 
 SHAPES = sizes([(4096, 8192), (1, 8192)], [(4, 128)])  # (T, I): a prefill batch and one decode token at the model's I
@@ -41,4 +41,4 @@ def run() -> list[dict]:
 
 
 if __name__ == "__main__":
-    append_rows(run())
+    kernel_script(run, __doc__)

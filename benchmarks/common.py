@@ -268,3 +268,17 @@ def compiled(fn):
     except Exception as exc:  # noqa: BLE001 - compile support varies by platform; report and skip
         print(f"torch.compile unavailable: {exc}", file=sys.stderr)
         return None
+
+
+def kernel_script(run, doc: str) -> None:
+    """The command line of a bench_<op>.py: its rows printed, or with --record appended to kernels.jsonl."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
+    p.add_argument("--record", action="store_true", help="append the rows to benchmarks/results/kernels.jsonl")
+    args = p.parse_args()
+    rows = run()
+    if args.record:
+        append_rows(rows)
+    else:
+        print("\n".join(json.dumps(r) for r in rows))
