@@ -47,14 +47,14 @@ demo: setup
 	$(PY) -m hovle demo
 
 test: setup
-	$(PY) -m pytest -q -n auto $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n auto --dist loadgroup $(PYTEST_ARGS)
 
 # The suite on the newest versions pyproject.toml allows (torch stays TORCH_SPEC): drift found on purpose.
 test-latest:
 	rm -rf .venv-latest
 	$(call make_venv,.venv-latest,--upgrade)
 	.venv-latest/bin/python -m pip list --format=freeze 2>/dev/null | grep -iE "^(transformers|kernels|torch|triton|fastapi|numpy)=="
-	.venv-latest/bin/python -m pytest -q -n auto $(PYTEST_ARGS)
+	.venv-latest/bin/python -m pytest -q -n auto --dist loadgroup $(PYTEST_ARGS)
 
 # Rewrites constraints.txt: every package the install above needs (pyproject.toml's dependencies, extras and build
 # requirements, and TORCH_SPEC's dependencies), resolved at the newest versions allowed today. torch itself is
