@@ -106,3 +106,45 @@ def test_generate_runs_and_prints_the_prompt_and_tiles(ckpt, tmp_path):
     text = out.stdout.decode()
     assert out.returncode == 0, out.stderr.decode()
     assert "2x1 grid" in text and "tokens: 6 generated" in text and "<IMG_CONTEXT>x" in text
+
+
+def test_a_bad_sampling_option_fails_before_the_model_loads(capsys, ckpt, monkeypatch):
+    from hovle import engine
+
+    def no_loading(*a, **kw):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(engine.Engine, "from_pretrained", no_loading)
+    gen = ["generate", "--model", str(ckpt), "--prompt", "Hi.", "--temperature", "-1"]
+    _fails_in_one_line(capsys, gen, "temperature = -1.0")
+    _fails_in_one_line(capsys, gen[:-2] + ["--top-p", "0"], "top_p")
+
+
+def test_one_token_has_no_decode_rate_and_one_preprocessing_time(ckpt, tmp_path, monkeypatch):
+    img = tmp_path / "img.png"
+    noise_image(64, 64, 3).save(img)
+    home = tmp_path / "home"
+    (home / "models").mkdir(parents=True)
+    (home / "models" / "m").symlink_to(ckpt)
+    (home / "img.png").write_bytes(img.read_bytes())
+    env = {**os.environ, "HOME": str(home)}
+    base = ["generate", "--model", "~/models/m", "--image", "~/img.png", "--prompt", "Describe."]
+    one, many = (_run(base + ["--max-new-tokens", n], env) for n in ("1", "4"))
+    for out in (one, many):
+        assert out.returncode == 0, out.stderr.decode()  # `~` is expanded in --model and --image
+        assert out.stdout.decode().count(" ms)") == 1  # the image's one preprocessing time
+    assert "tokens: 1 generated" in one.stdout.decode() and "tokens/s" not in one.stdout.decode()
+    assert "decode" in many.stdout.decode() and "tokens/s over 3" in many.stdout.decode()
+
+
+def test_serve_refuses_bad_options_before_loading(capsys, ckpt, tmp_path, monkeypatch):
+    pytest.importorskip("fastapi")
+    from hovle import engine
+
+    def no_loading(*a, **kw):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(engine.Engine, "from_pretrained", no_loading)
+    serve = ["serve", "--model", str(ckpt)]
+    _fails_in_one_line(capsys, serve + ["--allowed-local-media-path", str(tmp_path / "nope")], "nope: no such folder")
+    _fails_in_one_line(capsys, serve + ["--max-queue", "0"], "--max-queue 0")

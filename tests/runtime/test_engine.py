@@ -264,3 +264,12 @@ def test_cuda_graph_decode_equals_eager(root, variant):
     for prompt, image, with_graphs, without in zip(prompts, images, *outs):
         req = eager.prepare([{"role": "user", "content": prompt}], [image] if image is not None else [], 2)
         assert_parting_is_a_near_tie(eager, req, without, with_graphs, 1e-3)
+
+
+def test_a_batch_streams_result_names_results(engine):
+    from hovle import HoVLEError
+
+    stream = engine.generate(["One.", "Two."], None, stream=True, max_new_tokens=2)
+    with pytest.raises(HoVLEError, match="2 results, one per prompt: use stream.results"):
+        stream.result
+    assert len(stream.results) == 2
