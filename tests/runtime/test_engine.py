@@ -271,5 +271,5 @@ def test_a_batch_streams_result_names_results(engine):
 
     stream = engine.generate(["One.", "Two."], None, stream=True, max_new_tokens=2)
     with pytest.raises(HoVLEError, match="2 results, one per prompt: use stream.results"):
-        stream.result
+        _ = stream.result
     assert len(stream.results) == 2
