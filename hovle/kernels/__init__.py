@@ -14,8 +14,12 @@ from dataclasses import dataclass, replace
 
 from .attention import attention_ref
 from .decode_attention import decode_attention_ref
+from .encoder_attention import encoder_attention_ref, encoder_attention_torch
+from .gelu import gelu_ref
 from .greedy import greedy_ref
 from .kv_store import kv_store_ref
+from .layer_norm import layer_norm_ref
+from .lora import lora_add, lora_add_ref
 from .norm_linear import norm_linear_ref
 from .patch_embed import patch_embed_ref
 from .pixel_shuffle import pixel_shuffle_ref
@@ -49,6 +53,10 @@ class Ops:
     sample: Callable
     greedy: Callable
     norm_linear: Callable = norm_linear_ref  # residual add + RMSNorm + projection (+ SwiGLU): fusable
+    layer_norm: Callable = layer_norm_ref  # encoders (CLIP, DeBERTa, fusion layers): LayerNorm with bias
+    gelu: Callable = gelu_ref  # "erf", "tanh" or "quick" GELU of an encoder MLP
+    encoder_attention: Callable = encoder_attention_torch  # bidirectional, padded batch, key mask, additive bias
+    lora_add: Callable = lora_add  # PLoRA on image rows: cuBLAS's fused addmm on every backend (see lora.py)
     patch_weight_layout: Callable = _same  # (C, 3, p, p) weight -> the same values in the layout patch_embed reads best
     page_multiple: int = 1  # the KV page size must be a multiple of this
 
@@ -147,6 +155,12 @@ __all__ = [
     "attention_torch",
     "decode_attention_ref",
     "decode_attention_torch",
+    "encoder_attention_ref",
+    "encoder_attention_torch",
+    "gelu_ref",
+    "layer_norm_ref",
+    "lora_add",
+    "lora_add_ref",
     "greedy_ref",
     "kv_store_ref",
     "norm_linear_ref",
