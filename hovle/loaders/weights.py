@@ -1,4 +1,8 @@
-"""Safetensors checkpoints: strict header validation against a family's expected layout, streaming load.
+"""Checkpoints: strict validation against a family's expected layout, streaming load.
+
+Safetensors (model.safetensors or shards with their index) is the native form; PyTorch pickle files
+(pytorch_model.bin or shards with their index, the form some releases ship) are read through
+hovle/loaders/torch_bin.py with the same checks. Safetensors wins when a folder holds both.
 
 Every shard header (8-byte little-endian length, then JSON) is checked against the layout the model family derives
 from config.json (names and shapes: hovle/families/<family>/weights.py) before any tensor byte is read, so a
@@ -8,6 +12,7 @@ truncated last shard fails at once, not after gigabytes of reads. Loading goes s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -21,6 +26,7 @@ from safetensors import safe_open
 from ..errors import WeightsError
 from ..progress import ProgressBar
 from .json_file import read_json
+from .torch_bin import bin_files, bin_header, open_bin
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -68,7 +74,22 @@ def _locate(path: str | Path) -> tuple[list[Path], dict[str, Path] | None]:
         return sorted(set(weight_map.values())), weight_map
     if (root / SINGLE_FILE).is_file():
         return [root / SINGLE_FILE], None
-    raise WeightsError(f"{root}: no {INDEX_FILE} or {SINGLE_FILE} found (is this a checkpoint directory?)")
+    pickled = bin_files(root)
+    if pickled is not None:
+        return pickled
+    raise WeightsError(
+        f"{root}: no {INDEX_FILE}, {SINGLE_FILE}, pytorch_model.bin.index.json or pytorch_model.bin found "
+        "(is this a checkpoint directory?)"
+    )
+
+
+def _is_pickle(file: Path) -> bool:
+    return file.suffix == ".bin"
+
+
+def _bin_header(file: Path) -> dict[str, TensorInfo]:
+    """A pickle file's tensors as TensorInfo (begin 0, end the byte count: the data is not located)."""
+    return {n: TensorInfo(n, file, *entry) for n, entry in bin_header(file).items()}
 
 
 def checkpoint_files(path: str | Path) -> list[Path]:
@@ -171,19 +192,32 @@ def _check_names(found: dict[str, TensorInfo], expected: dict[str, tuple[int, ..
         raise WeightsError(f"{len(wrong)} tensor(s) with the wrong shape: {_listing(wrong)}")
 
 
-def validate_checkpoint(path: str | Path, expected: dict[str, tuple[int, ...]]) -> dict[str, TensorInfo]:
-    """Check every shard header and the name/shape set against `expected`; reads no tensor data."""
+def validate_checkpoint(
+    path: str | Path, expected: dict[str, tuple[int, ...]], rename=None, ignored=None
+) -> dict[str, TensorInfo]:
+    """Check every shard header and the name/shape set against `expected`; reads no tensor data. rename: the
+    checkpoint's name -> ours (e.g. an optional prefix dropped); ignored(name): a name that may be present and is
+    never read (buffers such as rotary_emb.inv_freq). Returns our names -> TensorInfo (its name: the file's)."""
     files, weight_map = _locate(path)
     found: dict[str, TensorInfo] = {}
     for file in files:
-        for name, info in read_header(file).items():
+        for name, info in (_bin_header(file) if _is_pickle(file) else read_header(file)).items():
             if name in found:
                 raise WeightsError(f"tensor {name!r} appears in both {found[name].file} and {file}")
             found[name] = info
     if weight_map is not None:
-        _check_index(found, weight_map, Path(path) / INDEX_FILE)
-    _check_names(found, expected, files)
-    return found
+        index = INDEX_FILE if not _is_pickle(files[0]) else "pytorch_model.bin.index.json"
+        _check_index(found, weight_map, Path(path) / index)
+    ours = {}
+    for name, info in found.items():
+        if ignored is not None and ignored(name):
+            continue
+        key = rename(name) if rename is not None else name
+        if key in ours:
+            raise WeightsError(f"tensors {ours[key].name!r} and {name!r} both stand for {key!r}")
+        ours[key] = info
+    _check_names(ours, expected, files)
+    return ours
 
 
 def _to_target(t: torch.Tensor, dtype: torch.dtype, device) -> torch.Tensor:
@@ -194,13 +228,18 @@ def _to_target(t: torch.Tensor, dtype: torch.dtype, device) -> torch.Tensor:
     return t.to(device=device, dtype=dtype)
 
 
-def _load_file(file: Path, infos: list[TensorInfo], out: dict, dtype, device, bar: ProgressBar | None) -> None:
+def _load_file(file: Path, infos: dict[str, TensorInfo], out: dict, dtype, device, bar: ProgressBar | None) -> None:
+    """Our names -> infos of one file, read in file order (sequential reads of the mapping) into `out`."""
     current = None
     try:
-        with safe_open(str(file), framework="pt", device="cpu") as f:
-            for info in sorted(infos, key=lambda i: i.begin):  # file order: sequential reads of the mapping
+        with contextlib.ExitStack() as stack:
+            if _is_pickle(file):
+                get = open_bin(file).__getitem__
+            else:
+                get = stack.enter_context(safe_open(str(file), framework="pt", device="cpu")).get_tensor
+            for key, info in sorted(infos.items(), key=lambda kv: kv[1].begin):
                 current = info.name
-                out[info.name] = _finite(info, _to_target(f.get_tensor(info.name), dtype, device), dtype)
+                out[key] = _finite(info, _to_target(get(info.name), dtype, device), dtype)
                 if bar is not None:
                     bar.update(info.nbytes)
     except Exception as exc:
@@ -228,9 +267,11 @@ def load_weights(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     progress: bool | None = None,
+    rename=None,
+    ignored=None,
 ) -> dict[str, torch.Tensor]:
     """Validate every shard against `expected` (name -> shape), then read every tensor but the `unused` ones (checked
-    in the headers, never read), cast to `dtype` on `device`.
+    in the headers, never read), cast to `dtype` on `device`. rename, ignored: as validate_checkpoint.
 
     progress: None shows a bar on stderr when more than 1 GiB is read and stderr is a TTY; True/False force it.
     With dtype float32 on the CPU the tensors stay zero-copy views of the shards' private (copy-on-write) mappings:
@@ -238,14 +279,15 @@ def load_weights(
     """
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"dtype={dtype!r}: expected a floating-point torch.dtype")
-    wanted = [info for info in validate_checkpoint(path, expected).values() if info.name not in unused]
-    total = sum(info.nbytes for info in wanted)
+    infos = validate_checkpoint(path, expected, rename, ignored)
+    wanted = {key: info for key, info in infos.items() if key not in unused}
+    total = sum(info.nbytes for info in wanted.values())
     show = progress if progress is not None else total > PROGRESS_AUTO_BYTES and sys.stderr.isatty()
     bar = ProgressBar(total) if show else None
     out: dict[str, torch.Tensor] = {}
     try:
-        for file in dict.fromkeys(info.file for info in wanted):
-            _load_file(file, [i for i in wanted if i.file == file], out, dtype, device, bar)
+        for file in dict.fromkeys(info.file for info in wanted.values()):
+            _load_file(file, {k: i for k, i in wanted.items() if i.file == file}, out, dtype, device, bar)
     except BaseException:
         out.clear()  # drop what was read so far: nothing half-built escapes
         raise
