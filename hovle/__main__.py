@@ -8,7 +8,6 @@ the engine prints a traceback.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
@@ -106,22 +105,10 @@ def _sampling(args) -> dict:
     )
 
 
-def _show_prompt(engine, req) -> str:
-    """The prompt as text, each run of image-context tokens collapsed to one marker with its count."""
-    text = engine.tokenizer.decode(req.ids_llm, skip_special_tokens=False)
-    ctx = "<IMG_CONTEXT>"
-    return re.sub(f"(?:{re.escape(ctx)})+", lambda m: f"{ctx}x{len(m.group(0)) // len(ctx)}", text)
-
-
 def _show_request(engine, req) -> None:
-    print(f"prompt ({len(req.ids_llm)} LLM tokens, {len(req.ids_emb)} embedding-module tokens):")
-    print("  " + _show_prompt(engine, req).replace("\n", "\n  "))
-    for i, (grid, n) in enumerate(zip(req.grids, req.tiles)):
-        thumb = " + thumbnail" if n > grid[0] * grid[1] else ""
-        print(
-            f"image {i}: {grid[0]}x{grid[1]} grid of {engine.cfg.image_size}px tiles{thumb} = {n} tiles"
-            f" (preprocessing: {', '.join(req.paths)}, {req.preprocess_s * 1e3:.1f} ms)"
-        )
+    """The prompt as the model sees it and each image's tiling, as the model's family describes them."""
+    for line in engine.builder.describe(req):
+        print(line)
 
 
 def _show_timings(result) -> None:

@@ -253,7 +253,7 @@ def _runtime(loaded, opts: EngineOptions, ops) -> tuple[EngineLoop, EngineOption
         max_batch=sizing.max_batch,
         prefill_chunk=chunk,
         idle_chunk=opts.prefill_chunk or IDLE_CHUNK,
-        eos_id=tokenizer.im_end_id,
+        stop_ids=loaded.stop_ids or (tokenizer.im_end_id,),
         plan_prompt=model.plan_prompt,
         recomputable=all(s.grows_in_decode for s in model.stacks),
     )

@@ -17,6 +17,7 @@ from .loaders.image import PREPROCESS_PATHS
 IDLE_CHUNK = 16384  # prefill positions per forward while nothing decodes (unless prefill_chunk is set)
 MAX_TILES_CAP = 128  # no option raises the per-image tile budget past this (32k LLM tokens per image)
 HD_DECODE_MODES = ("natural", "reference-quirk")
+BOS_PLACEMENTS = ("per-segment", "first")  # XComposer2: BOS before each text piece (the authors' chat()) or once
 _DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -47,6 +48,7 @@ class EngineOptions:
     kv_page_size: int | None = None
     prefill_chunk: int | None = None
     prefix_caching: bool = True
+    bos_placement: str = "per-segment"
 
     def checked(self) -> EngineOptions:
         """These options with device and dtype resolved to torch objects; InputError for the first bad value."""
@@ -56,6 +58,7 @@ class EngineOptions:
         device, dtype = resolve_device_dtype(self.device, self.dtype)
         _choice("preprocess", self.preprocess, PREPROCESS_PATHS)
         _choice("hd_decode", self.hd_decode, HD_DECODE_MODES)
+        _choice("bos_placement", self.bos_placement, BOS_PLACEMENTS)
         for name in _COUNTS:
             positive_int(name, getattr(self, name), allow_none=name != "max_queue")
         if self.max_tiles is not None and self.max_tiles > MAX_TILES_CAP:

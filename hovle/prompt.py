@@ -44,11 +44,14 @@ class ChatTemplate:
     sep: str  # control token closing a turn
     system_message: str
     roles: tuple[str, str, str]  # system, user, assistant: the text after `start`
+    after_sep: str = ""  # text after each closed turn (XComposer2: a newline)
 
     def turn(self, role: str, content: list[Segment] | None) -> list[Segment]:
         """One turn's segments; content None leaves the turn open (the assistant's answer follows)."""
         head = [Special(self.start), self.roles[("system", "user", "assistant").index(role)]]
-        return head if content is None else head + content + [Special(self.sep)]
+        if content is None:
+            return head
+        return head + content + [Special(self.sep)] + ([self.after_sep] if self.after_sep else [])
 
 
 _TEMPLATES = {
@@ -59,7 +62,21 @@ _TEMPLATES = {
         system_message="你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，"
         "英文名叫InternVL, 是一个有用无害的人工智能助手。",
         roles=("system\n", "user\n", "assistant\n"),
-    )
+    ),
+    "xcomposer2": ChatTemplate(  # InternLM-XComposer2's chat(): InternLM2's unused tokens 146 / 145 as im_start / end
+        name="xcomposer2",
+        start="[UNUSED_TOKEN_146]",
+        sep="[UNUSED_TOKEN_145]",
+        system_message="You are an AI assistant whose name is InternLM-XComposer (浦语·灵笔).\n"
+        "- InternLM-XComposer (浦语·灵笔) is a multi-modality conversational language model that is developed by "
+        "Shanghai AI Laboratory (上海人工智能实验室). It is designed to be helpful, honest, and harmless.\n"
+        "- InternLM-XComposer (浦语·灵笔) can understand and communicate fluently in the language chosen by the user "
+        "such as English and 中文.\n"
+        "- InternLM-XComposer (浦语·灵笔) is capable of comprehending and articulating responses effectively based on "
+        "the provided image.",
+        roles=("system\n", "user\n", "assistant\n"),
+        after_sep="\n",
+    ),
 }
 
 
@@ -110,9 +127,10 @@ def _system_text(message: dict) -> str:
     return "".join(parts)
 
 
-def place_images(messages: list[dict], n_images: int) -> list[dict]:
+def place_images(messages: list[dict], n_images: int, after_image: str = "\n") -> list[dict]:
     """Where each image goes: the `<image>` placeholders of the text when the request has images (as many as
-    images), else, as the authors' chat() does, one "<image>\\n" per image in front of the first user message.
+    images), else, as the authors' chat() does, one "<image>" + after_image per image in front of the first user
+    message.
     Without images "<image>" is plain text. Content parts may also be ImageSlots already (the HTTP API's image
     parts); then the text is never searched for placeholders. Returns messages with content as segment lists."""
     if not isinstance(messages, list) or not all(isinstance(m, dict) and "content" in m for m in messages):
@@ -134,7 +152,7 @@ def place_images(messages: list[dict], n_images: int) -> list[dict]:
     first = next((i for i, m in enumerate(messages) if m.get("role") == "user"), None)
     if first is None:
         raise InputError("messages need at least one user turn")
-    front = [x for i in range(n_images) for x in (ImageSlot(i), "\n")]
+    front = [x for i in range(n_images) for x in ((ImageSlot(i), after_image) if after_image else (ImageSlot(i),))]
     return placed[:first] + [dict(placed[first], content=front + placed[first]["content"])] + placed[first + 1 :]
 
 

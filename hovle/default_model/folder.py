@@ -175,7 +175,8 @@ def random_tensors(cfg: HoVLEConfig, seed: int = 0) -> Iterator[tuple[str, torch
 
 def tokenizer_files(folder: str | Path) -> dict[str, bytes]:
     """A tokenizer folder's files by name, as bytes (to go into a checkpoint folder)."""
-    return {name: (Path(folder) / name).read_bytes() for name in TOKENIZER_FILES}
+    names = (*TOKENIZER_FILES, "added_tokens.json")
+    return {name: (Path(folder) / name).read_bytes() for name in names if (Path(folder) / name).is_file()}
 
 
 def bundled_tokenizer() -> tuple[Tokenizer, dict[str, bytes]]:

@@ -30,7 +30,11 @@ _SP_FLAGS = (
 )
 
 
-def _train_sp(corpus: Path, n_pieces: int) -> bytes:
+# InternLM2's last six SentencePiece pieces as XComposer2 names them (146 / 145 are its im_start / im_end)
+UNUSED_PIECES = tuple(f"[UNUSED_TOKEN_{n}]" for n in range(141, 147))
+
+
+def _train_sp(corpus: Path, n_pieces: int, specials: tuple[str, ...] = CHAT_SPECIALS) -> bytes:
     lines = [line for line in corpus.read_text(encoding="utf-8").splitlines() if line.strip()]
     buf, flags = io.BytesIO(), dict(flag.split("=") for flag in _SP_FLAGS.split())
     try:
@@ -39,7 +43,7 @@ def _train_sp(corpus: Path, n_pieces: int) -> bytes:
         raise TokenizerError(f"{corpus}: SentencePiece training failed ({exc})") from exc
     model = sp_pb2.ModelProto()
     model.ParseFromString(buf.getvalue())
-    for token in CHAT_SPECIALS:  # as in InternLM2: user-defined pieces at the top of the SentencePiece vocab
+    for token in specials:  # as in InternLM2: user-defined pieces at the top of the SentencePiece vocab
         model.pieces.add(piece=token, score=0.0, type=sp_pb2.ModelProto.SentencePiece.USER_DEFINED)
     model.trainer_spec.vocab_size = len(model.pieces)
     return model.SerializeToString(deterministic=True)
@@ -69,13 +73,44 @@ def _token_files(sp_size: int) -> dict[str, dict]:
     return {"added_tokens.json": added, "tokenizer_config.json": config, "special_tokens_map.json": special_map}
 
 
-def write_tokenizer_files(dst_dir: str | os.PathLike, corpus_path=None, vocab_size: int = 2048) -> Tokenizer:
-    """Train a tiny InternLM2-layout tokenizer (vocab_size SentencePiece pieces incl. the six chat specials,
-    then the nine added tokens) into dst_dir. Files are built and loaded in a temp dir first, so a failure
+def _xcomposer_files(sp_size: int) -> dict[str, dict]:
+    """XComposer2's tokenizer files as InternLM2's: no added tokens; the unused pieces (the last six SentencePiece
+    pieces) declared special, so the slow HF tokenizer splits the text on them before SentencePiece."""
+    names = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "</s>", "unk_token": "<unk>"}
+    flags = {"lstrip": False, "normalized": False, "rstrip": False, "single_word": False, "special": True}
+    by_id = {0: "<unk>", 1: "<s>", 2: "</s>"} | {sp_size - 6 + i: t for i, t in enumerate(UNUSED_PIECES)}
+    config = {
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "added_tokens_decoder": {str(i): {"content": t, **flags} for i, t in by_id.items()},
+        "additional_special_tokens": list(UNUSED_PIECES),
+        "auto_map": {"AutoTokenizer": ["tokenization_internlm_xcomposer2.InternLMXComposer2Tokenizer", None]},
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": 1000000000000000019884624838656,
+        "tokenizer_class": "InternLMXComposer2Tokenizer",
+        **names,
+    }
+    return {
+        "tokenizer_config.json": config,
+        "special_tokens_map.json": {"additional_special_tokens": list(UNUSED_PIECES), **names},
+    }
+
+
+def write_tokenizer_files(
+    dst_dir: str | os.PathLike, corpus_path=None, vocab_size: int = 2048, layout: str = "hovle"
+) -> Tokenizer:
+    """Train a tiny InternLM2-layout tokenizer into dst_dir: layout "hovle" (vocab_size SentencePiece pieces incl.
+    the six chat specials, then the nine added tokens) or "xcomposer2" (vocab_size pieces ending with the six
+    [UNUSED_TOKEN_141..146] pieces, no added tokens). Files are built and loaded in a temp dir first, so a failure
     leaves dst_dir untouched."""
     corpus = Path(corpus_path) if corpus_path is not None else DEFAULT_CORPUS
-    model = _train_sp(corpus, vocab_size - len(CHAT_SPECIALS))
-    files = {n: json.dumps(d, ensure_ascii=False, indent=2).encode() for n, d in _token_files(vocab_size).items()}
+    if layout == "xcomposer2":
+        model = _train_sp(corpus, vocab_size - len(UNUSED_PIECES), UNUSED_PIECES)
+        made = _xcomposer_files(vocab_size)
+    else:
+        model = _train_sp(corpus, vocab_size - len(CHAT_SPECIALS))
+        made = _token_files(vocab_size)
+    files = {n: json.dumps(d, ensure_ascii=False, indent=2).encode() for n, d in made.items()}
     files["tokenizer.model"] = model
     dst = Path(dst_dir)
     dst.parent.mkdir(parents=True, exist_ok=True)

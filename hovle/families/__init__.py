@@ -52,6 +52,7 @@ class Loaded:
     tokenizer: Any
     model: Any
     builder: Any
+    stop_ids: tuple[int, ...] = ()  # generation ends at any of these (default: the tokenizer's <|im_end|>)
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,9 @@ class Family:
 
 def _families() -> list[Family]:
     from .hovle import FAMILY as HOVLE
+    from .xcomposer import FAMILY as XCOMPOSER
 
-    return [HOVLE]
+    return [HOVLE, XCOMPOSER]
 
 
 def family_for(path: str | Path) -> Family:

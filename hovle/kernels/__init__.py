@@ -57,6 +57,7 @@ class Ops:
     gelu: Callable = gelu_ref  # "erf", "tanh" or "quick" GELU of an encoder MLP
     encoder_attention: Callable = encoder_attention_torch  # bidirectional, padded batch, key mask, additive bias
     lora_add: Callable = lora_add  # PLoRA on image rows: cuBLAS's fused addmm on every backend (see lora.py)
+    swiglu: Callable = swiglu_ref  # silu(gate) * up of a fused gate/up projection (the unfused PLoRA layers)
     patch_weight_layout: Callable = _same  # (C, 3, p, p) weight -> the same values in the layout patch_embed reads best
     page_multiple: int = 1  # the KV page size must be a multiple of this
 
@@ -88,6 +89,7 @@ _LAUNCHERS = {  # Ops field -> (module, Triton launcher name)
     "sample": ("sample", "sample"),
     "greedy": ("greedy", "greedy"),
     "norm_linear": ("norm_linear", "norm_linear_auto"),
+    "swiglu": ("swiglu", "swiglu"),
     "patch_weight_layout": ("patch_embed", "weight_layout"),
 }
 

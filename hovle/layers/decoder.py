@@ -4,6 +4,10 @@ The same code runs the 8 holistic-embedding layers and the 24 LLM layers. Tokens
 into one (T, C) matrix, so the projections are single GEMMs; attention separates the sequences again through
 `cu_seqlens` (prefill) or per-sequence lengths (decode), and finds each sequence's keys through its page table.
 Every non-GEMM op goes through the `kernels` op table.
+
+Partial LoRA (InternLM-XComposer2): layers may carry low-rank updates of their five projections that apply to image
+rows only. A forward given `lora_spans` (the image rows of the packed batch) runs those layers unfused (RMSNorm, then
+the projection, then ops.lora_add on the spans); every other forward, decode steps included, runs the base weights.
 """
 
 from __future__ import annotations
@@ -27,10 +31,21 @@ class LayerWeights:
     ffn_norm: torch.Tensor  # (C,)
     w13: torch.Tensor  # (2I, C): gate (w1) rows, then up (w3) rows
     w2: torch.Tensor  # (C, I)
+    lora: dict | None = None  # "wqkv", "wo", "w1", "w3", "w2" -> (A (r, in), B (out, r), scale): image rows only
 
 
-def layer_shapes(prefix: str, s: StackConfig) -> dict[str, tuple[int, ...]]:
-    """The checkpoint names and shapes of a stack's InternLM2 layers: `{prefix}.{i}.attention.wqkv.weight`, ..."""
+LORA_LINEARS = {  # PLoRA's projection -> its checkpoint name inside a layer
+    "wqkv": "attention.wqkv",
+    "wo": "attention.wo",
+    "w1": "feed_forward.w1",
+    "w3": "feed_forward.w3",
+    "w2": "feed_forward.w2",
+}
+
+
+def layer_shapes(prefix: str, s: StackConfig, lora_ranks: dict | None = None) -> dict[str, tuple[int, ...]]:
+    """The checkpoint names and shapes of a stack's InternLM2 layers: `{prefix}.{i}.attention.wqkv.weight`, ...;
+    with lora_ranks (projection -> rank) also each projection's `Plora_A.weight` (r, in) and `Plora_B.weight`."""
     c, i = s.hidden_size, s.intermediate_size
     per_layer = {
         "attention.wqkv.weight": (s.qkv_size, c),  # (H + 2*Hkv) * D rows, grouped per kv head (see take_layer)
@@ -41,31 +56,49 @@ def layer_shapes(prefix: str, s: StackConfig) -> dict[str, tuple[int, ...]]:
         "attention_norm.weight": (c,),
         "ffn_norm.weight": (c,),
     }
+    for short, r in (lora_ranks or {}).items():
+        out_dim, in_dim = per_layer[LORA_LINEARS[short] + ".weight"]
+        per_layer[f"{LORA_LINEARS[short]}.Plora_A.weight"] = (r, in_dim)
+        per_layer[f"{LORA_LINEARS[short]}.Plora_B.weight"] = (out_dim, r)
     return {f"{prefix}.{n}.{key}": shape for n in range(s.num_layers) for key, shape in per_layer.items()}
 
 
-def take_layer(raw: dict[str, torch.Tensor], prefix: str, cfg: StackConfig) -> LayerWeights:
-    """Moves one layer's tensors out of `raw` (so memory is freed as we go) into the engine's fused layout."""
+def _ungroup_qkv(fused: torch.Tensor, cfg: StackConfig) -> torch.Tensor:
+    """wqkv's output rows, grouped per kv head in the checkpoint (rep queries, key, value), reordered to all query
+    heads, then all key heads, then all value heads."""
     hkv, d = cfg.num_kv_heads, cfg.head_dim
     rep = cfg.num_heads // hkv
-    fused = raw.pop(prefix + "attention.wqkv.weight")
-    groups = fused.view(hkv, rep + 2, d, fused.shape[-1])  # rows grouped per kv head: rep queries, key, value
-    wqkv = torch.cat(
+    groups = fused.view(hkv, rep + 2, d, fused.shape[-1])  # ((H + 2 Hkv) D, K) -> (Hkv, rep + 2, D, K)
+    return torch.cat(
         (
             groups[:, :rep].reshape(hkv * rep * d, -1),  # query head g*rep + j, as the reference numbers them
             groups[:, rep].reshape(hkv * d, -1),
             groups[:, rep + 1].reshape(hkv * d, -1),
         )
     )
-    del fused, groups
+
+
+def take_layer(
+    raw: dict[str, torch.Tensor], prefix: str, cfg: StackConfig, lora_scales: dict | None = None
+) -> LayerWeights:
+    """Moves one layer's tensors out of `raw` (so memory is freed as we go) into the engine's fused layout; with
+    lora_scales (projection -> scale) also its PLoRA pairs (wqkv's B rows regrouped as wqkv's own)."""
+    lora = None
+    if lora_scales:
+        lora = {}
+        for short, scale in lora_scales.items():
+            a = raw.pop(f"{prefix}{LORA_LINEARS[short]}.Plora_A.weight")
+            b = raw.pop(f"{prefix}{LORA_LINEARS[short]}.Plora_B.weight")
+            lora[short] = (a, _ungroup_qkv(b, cfg) if short == "wqkv" else b, scale)
     w13 = torch.cat((raw.pop(prefix + "feed_forward.w1.weight"), raw.pop(prefix + "feed_forward.w3.weight")))
     return LayerWeights(
         attn_norm=raw.pop(prefix + "attention_norm.weight"),
-        wqkv=wqkv,
+        wqkv=_ungroup_qkv(raw.pop(prefix + "attention.wqkv.weight"), cfg),
         wo=raw.pop(prefix + "attention.wo.weight"),
         ffn_norm=raw.pop(prefix + "ffn_norm.weight"),
         w13=w13,
         w2=raw.pop(prefix + "feed_forward.w2.weight"),
+        lora=lora,
     )
 
 
@@ -173,12 +206,17 @@ class DecoderStack:
         cache,
         final_norm: torch.Tensor | None = None,
         head: torch.Tensor | None = None,
+        lora_spans: list[tuple[int, int]] | None = None,
     ) -> torch.Tensor:
         """x: (T, C). Returns the residual stream after the last layer; with `final_norm` its RMSNorm; with `head`
         too, the logits (T, V) in the activation dtype. Each pre-norm goes with the projection after it (and the
-        SwiGLU after the gate/up projection) into ops.norm_linear, which backends may fuse."""
+        SwiGLU after the gate/up projection) into ops.norm_linear, which backends may fuse. lora_spans: the rows
+        [s, e) of x that get the layers' PLoRA updates (then those layers run unfused)."""
         eps, residual, h = self.cfg.rms_norm_eps, None, x
         for i, layer in enumerate(self.layers):
+            if layer.lora and lora_spans:
+                h, residual = self._lora_layer(h, residual, i, layer, batch, cache, lora_spans)
+                continue
             qkv, residual = self.ops.norm_linear(h, residual, layer.attn_norm, eps, layer.wqkv)
             h = self._attention(qkv, i, layer, batch, cache)
             act, residual = self.ops.norm_linear(h, residual, layer.ffn_norm, eps, layer.w13, True)
@@ -189,7 +227,23 @@ class DecoderStack:
             return self.ops.rms_norm(h, final_norm, eps, residual)[0]
         return residual + h
 
-    def _attention(self, qkv: torch.Tensor, i: int, layer: LayerWeights, b: StackBatch, cache) -> torch.Tensor:
+    def _lora_layer(self, h, residual, i: int, layer: LayerWeights, batch: StackBatch, cache, spans):
+        """One layer with PLoRA on the rows in `spans`: y = x W^T everywhere, += scale (x A^T) B^T on those rows."""
+        eps, lora, add = self.cfg.rms_norm_eps, layer.lora, self.ops.lora_add
+        normed, residual = self.ops.rms_norm(h, layer.attn_norm, eps, residual)
+        qkv = add(F.linear(normed, layer.wqkv), normed, *lora["wqkv"], spans)
+        o = self._attention(qkv, i, layer, batch, cache, lora["wo"], spans)
+        normed, residual = self.ops.rms_norm(o, layer.ffn_norm, eps, residual)
+        gate_up = F.linear(normed, layer.w13)  # (T, 2I): gate columns, then up columns
+        inner = gate_up.shape[1] // 2
+        add(gate_up[:, :inner], normed, *lora["w1"], spans)
+        add(gate_up[:, inner:], normed, *lora["w3"], spans)
+        act = self.ops.swiglu(gate_up)
+        return add(F.linear(act, layer.w2), act, *lora["w2"], spans), residual
+
+    def _attention(
+        self, qkv: torch.Tensor, i: int, layer: LayerWeights, b: StackBatch, cache, wo_lora=None, spans=None
+    ) -> torch.Tensor:
         """qkv: (T, (Hq + 2 Hkv) D), the fused projection's output -> the attention block's output (T, C)."""
         t, d = qkv.shape[0], self.cfg.head_dim
         q = qkv[:, : self.q_size].view(t, -1, d)  # (T, Hq, D), a strided view
@@ -216,4 +270,6 @@ class DecoderStack:
                 max_seqlen=b.max_new,
                 new_kv=(k, v) if b.fresh else None,
             )
-        return F.linear(o.reshape(t, self.q_size), layer.wo)  # (T, Hq, D) -> (T, Hq D)
+        o = o.reshape(t, self.q_size)  # (T, Hq, D) -> (T, Hq D)
+        out = F.linear(o, layer.wo)
+        return out if wo_lora is None else self.ops.lora_add(out, o, *wo_lora, spans)

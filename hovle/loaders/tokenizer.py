@@ -17,7 +17,7 @@ import sentencepiece as spm
 from hovle.errors import InputError, TokenizerError
 from hovle.loaders.json_file import read_json
 
-TOKENIZER_FILES = ("tokenizer.model", "added_tokens.json", "tokenizer_config.json", "special_tokens_map.json")
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json")  # + added_tokens.json if any
 IMAGE_PLACEHOLDER = "<image>"
 IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
 # Order of the released files: the chat specials are the last six SentencePiece pieces, the image/grounding
@@ -69,14 +69,14 @@ def _check_utf8(text: str) -> None:
 class Tokenizer:
     """SentencePiece pieces 0..sp_size-1 followed by the added tokens sp_size..vocab_size-1."""
 
-    def __init__(self, path: str | os.PathLike, clean_up_spaces: bool = True):
+    def __init__(self, path: str | os.PathLike, clean_up_spaces: bool = True, control_tokens: tuple[str, ...] = ()):
         root = self._root = Path(path)
         missing = [name for name in TOKENIZER_FILES if not (root / name).is_file()]
         if missing:
             raise TokenizerError(f"{root}: missing tokenizer file(s): {', '.join(missing)}")
         self._sp = _load_sp(root / "tokenizer.model")
         self.sp_size = self._sp.get_piece_size()
-        added = read_json(root / "added_tokens.json", TokenizerError)
+        added = read_json(root / "added_tokens.json", TokenizerError) if (root / "added_tokens.json").is_file() else {}
         self._added = _check_added(root / "added_tokens.json", added, self._sp)
         self._id_to_added = {idx: token for token, idx in self._added.items()}
         self.vocab_size = self.sp_size + len(self._added)
@@ -85,12 +85,14 @@ class Tokenizer:
         self.add_bos_token = bool(config.get("add_bos_token", True))
         self.add_eos_token = bool(config.get("add_eos_token", False))
         self._check_decoder(config.get("added_tokens_decoder", {}))
-        self._resolve_specials(config, read_json(root / "special_tokens_map.json", TokenizerError))
+        self._resolve_specials(config, read_json(root / "special_tokens_map.json", TokenizerError), control_tokens)
 
     @classmethod
-    def from_dir(cls, path: str | os.PathLike, clean_up_spaces: bool = True) -> Tokenizer:
-        """Load tokenizer.model, added_tokens.json, tokenizer_config.json and special_tokens_map.json."""
-        return cls(path, clean_up_spaces)
+    def from_dir(cls, path: str | os.PathLike, clean_up_spaces: bool = True, control_tokens=()) -> Tokenizer:
+        """Load tokenizer.model, tokenizer_config.json, special_tokens_map.json and added_tokens.json (when the
+        release has one). control_tokens: a family's template tokens that must be in the vocabulary and are
+        treated as special (user text spells them out) even where the files do not mark them."""
+        return cls(path, clean_up_spaces, tuple(control_tokens))
 
     def _check_decoder(self, decoder: dict) -> None:
         where = self._root / "tokenizer_config.json"
@@ -102,13 +104,13 @@ class Tokenizer:
             if actual != _content(entry):
                 raise TokenizerError(f"{where}: added_tokens_decoder[{key!r}] = {entry!r}, vocab has {actual!r}")
 
-    def _resolve_specials(self, config: dict, special_map: dict) -> None:
+    def _resolve_specials(self, config: dict, special_map: dict, control_tokens: tuple[str, ...]) -> None:
         keys = ("bos_token", "eos_token", "unk_token", "pad_token")
         names = {key: _content(config.get(key)) or _content(special_map.get(key)) for key in keys}
         self.bos_id, self.eos_id, self.unk_id, self.pad_id = (self._file_id(names[k], k) for k in keys)
         extra = (special_map.get("additional_special_tokens") or []) + (config.get("additional_special_tokens") or [])
         specials = {_content(t) for t in [*names.values(), *extra, *config.get("added_tokens_decoder", {}).values()]}
-        specials = (specials - {None}) | set(self._added)
+        specials = (specials - {None}) | set(self._added) | set(control_tokens)
         self._special_to_id = {t: self._file_id(t, "additional_special_tokens") for t in specials}
         self.special_ids = frozenset(self._special_to_id.values())
         # Longest first so a token never loses to a shorter one sharing its start; the capture group keeps the

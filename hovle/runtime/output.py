@@ -90,11 +90,11 @@ class SequenceText:
         return self.stopped_text if self.stopped_text is not None else self._text().rstrip()
 
 
-def finish_reason(text: SequenceText, token: int, eos_id: int, ignore_eos: bool, max_new: int) -> str | None:
+def finish_reason(text: SequenceText, token: int, stop_ids, ignore_eos: bool, max_new: int) -> str | None:
     """Why the sequence ends with `token` (already generated), or None. The end-of-turn token ends it and is not
     part of the output (ids or text), as in the authors' chat(); a stop string ends it with its text cut there;
     `max_new` new tokens end it by length."""
-    if token == eos_id and not ignore_eos:
+    if token in stop_ids and not ignore_eos:
         return "stop"
     if text.add(token):
         return "stop"

@@ -36,12 +36,12 @@ class Scheduler:
         max_batch: int,
         prefill_chunk: int,
         idle_chunk: int,
-        eos_id: int,
+        stop_ids: tuple[int, ...],
         plan_prompt,
         recomputable: bool,
     ):
         self.pages, self.stacks = pages, pages.stacks
-        self.prefill_chunk, self.idle_chunk, self.eos_id = prefill_chunk, idle_chunk, eos_id
+        self.prefill_chunk, self.idle_chunk, self.stop_ids = prefill_chunk, idle_chunk, frozenset(stop_ids)
         self.plan_prompt = plan_prompt  # the model's: (request, generated, all_logits) -> its prompt plan
         self.recomputable = recomputable  # a preempted sequence can be prefilled again with what it generated
         self.waiting: deque[Sequence] = deque()
@@ -214,7 +214,7 @@ class Scheduler:
             seq.t_last = now
             seq.generated.append(token)
             self.stats.generated_tokens += 1
-            reason = finish_reason(seq.text, token, self.eos_id, seq.params.ignore_eos, seq.max_new)
+            reason = finish_reason(seq.text, token, self.stop_ids, seq.params.ignore_eos, seq.max_new)
             seq.events.put(Token(seq.index, token, seq.text.delta(reason is not None) if seq.stream else ""))
             if reason is not None:
                 self._finish(seq, reason)

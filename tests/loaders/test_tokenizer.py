@@ -13,7 +13,7 @@ import sentencepiece as spm
 
 from hovle.default_model.tokenizer_trainer import write_tokenizer_files
 from hovle.errors import InputError, TokenizerError
-from hovle.loaders.tokenizer import Tokenizer
+from hovle.loaders.tokenizer import TOKENIZER_FILES, Tokenizer
 
 CHAT = ["<|plugin|>", "<|interpreter|>", "<|action_end|>", "<|action_start|>", "<|im_end|>", "<|im_start|>"]
 ADDED = ["<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>"]
@@ -128,11 +128,19 @@ def test_decode_cleans_up_spaces_like_hf(tok_dir):
     assert raw.decode(raw.encode(text)) == text
 
 
-@pytest.mark.parametrize("name", FILES)
+@pytest.mark.parametrize("name", TOKENIZER_FILES)
 def test_missing_file_is_named(tok_dir, tmp_path, name):
     broken = _broken_copy(tok_dir, tmp_path)
     (broken / name).unlink()
     with pytest.raises(TokenizerError, match=name.replace(".", r"\.")):
+        Tokenizer.from_dir(broken)
+
+
+def test_without_added_tokens_json_the_tokens_it_held_are_named(tok_dir, tmp_path):
+    """added_tokens.json is optional (XComposer2 has none), but HoVLE's files still name <img> & co. as specials."""
+    broken = _broken_copy(tok_dir, tmp_path)
+    (broken / "added_tokens.json").unlink()
+    with pytest.raises(TokenizerError, match="<IMG_CONTEXT>|<img>|</img>|<quad>|<ref>|<box>"):
         Tokenizer.from_dir(broken)
 
 

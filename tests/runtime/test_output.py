@@ -76,5 +76,5 @@ def test_text_is_held_back_until_it_cannot_change():
 def test_finish_reasons(token, ignore_eos, budget, ids, reason):
     PIECES[99] = "<eot>"
     text = SequenceText(decode, ())
-    assert finish_reason(text, token, 99, ignore_eos, budget) == reason
+    assert finish_reason(text, token, {99}, ignore_eos, budget) == reason
     assert text.ids == ids  # the end-of-turn token is not part of the output unless ignored

@@ -62,7 +62,7 @@ def make(pages: int = 32, max_batch: int = 4, chunk: int = 8, idle: int = 64, re
         max_batch=max_batch,
         prefill_chunk=chunk,
         idle_chunk=idle,
-        eos_id=99,
+        stop_ids=(99,),
         plan_prompt=lambda req, generated, all_logits: FakePlan(),
         recomputable=recomputable,
     )

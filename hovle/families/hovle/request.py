@@ -8,6 +8,7 @@ the same tokens and the same images.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ import torch
 
 from ...errors import ImageError, InputError
 from ...loaders.image import preprocess
-from ...loaders.tokenizer import Tokenizer
+from ...loaders.tokenizer import IMG_CONTEXT, Tokenizer
 from ...options import MAX_TILES_CAP
 from ...prompt import ChatTemplate, build_prompt, place_images
 from .config import HoVLEConfig
@@ -103,6 +104,22 @@ class RequestBuilder:
             spans_llm,
             spans_emb,
         )
+
+    def describe(self, req: Request) -> list[str]:
+        """The prompt as text (each run of image-context tokens as one marker with its count) and each image's
+        tiling, for the command line."""
+        text = self.tokenizer.decode(req.ids_llm, skip_special_tokens=False)
+        ctx = IMG_CONTEXT
+        text = re.sub(f"(?:{re.escape(ctx)})+", lambda m: f"{ctx}x{len(m.group(0)) // len(ctx)}", text)
+        lines = [f"prompt ({len(req.ids_llm)} LLM tokens, {len(req.ids_emb)} embedding-module tokens):"]
+        lines.append("  " + text.replace("\n", "\n  "))
+        for i, (grid, n) in enumerate(zip(req.grids, req.tiles)):
+            thumb = " + thumbnail" if n > grid[0] * grid[1] else ""
+            lines.append(
+                f"image {i}: {grid[0]}x{grid[1]} grid of {self.cfg.image_size}px tiles{thumb} = {n} tiles"
+                f" (preprocessing: {', '.join(req.paths)}, {req.preprocess_s * 1e3:.1f} ms)"
+            )
+        return lines
 
     def _image_runs(self, ids: list[int], expected: list[int]) -> list[tuple[int, int]]:
         """Each image's IMG_CONTEXT run; only a raw prompt can hold the id elsewhere, and that is refused."""
