@@ -4,7 +4,7 @@
 # the version pinned in constraints.txt (`make lock` rewrites it from pyproject.toml's ranges; `make test-latest`
 # runs the suite on the newest versions those ranges allow, in .venv-latest, to find upstream drift on purpose).
 # TORCH_SPEC picks the torch build: the CPU wheel by default; e.g. `make test TORCH_SPEC=torch` on a CUDA machine.
-# make gpu-check [QUICK=1] [REHEARSE=1]: the GPU machine's check (its own python3, no venv, nothing downloaded);
+# make gpu-check [QUICK=1] [REHEARSE=1] [FAMILY=xcomposer]: the GPU machine's check (its own python3, no venv, nothing downloaded);
 # REHEARSE=1 runs the same script on the CPU at tiny shapes (see the README).
 
 SHELL := /bin/bash
@@ -75,7 +75,7 @@ serve: setup
 	$(PY) -m hovle serve
 
 gpu-check:
-	python3 benchmarks/gpu_check.py $(if $(QUICK),--quick,) $(if $(REHEARSE),--rehearse,)
+	python3 benchmarks/gpu_check.py $(if $(QUICK),--quick,) $(if $(REHEARSE),--rehearse,) $(if $(FAMILY),--family $(FAMILY),)
 
 lint: setup
 	$(VENV)/bin/ruff check hovle tests benchmarks tools setup.py

@@ -21,6 +21,10 @@ straight there, so a run killed at its limit still leaves everything it measured
 
 --rehearse runs the same script on the CPU (Triton's interpreter, tiny shapes and checkpoints, short boxes): every
 step, log line and result file of the GPU run, so that the run's mechanics never fail first on the GPU.
+
+--family xcomposer checks InternLM-XComposer2-4KHD instead, in its own budget (420 s): the build, its GPU tests
+(tests/families/xcomposer), and benchmarks/bench_xcomposer.py (a full-size random checkpoint drawn on the GPU; TTFT
+at hd_num 25 and 55, decode at batch 1 and 64, against the reference).
 """
 
 from __future__ import annotations
@@ -52,8 +56,10 @@ class Plan:
     """What one run does: its time boxes, test selection, checkpoint and the environment of every step."""
 
     def __init__(self, args, out: Path):
-        self.out, self.rehearse, self.quick = out, args.rehearse, args.quick
-        self.budget = args.budget or (200 if args.rehearse else 230 if args.quick else 480)
+        self.out, self.rehearse, self.quick, self.family = out, args.rehearse, args.quick, args.family
+        self.budget = args.budget or (
+            200 if args.rehearse else 230 if args.quick else 420 if self.family != "hovle" else 480
+        )
         default = tempfile.mkdtemp(prefix="hovle-rehearsal-") if args.rehearse else "/tmp/hovle-full"
         self.ckpt = Path(os.environ.get("HOVLE_FULL_DIR") or default)
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "HOVLE_RESULTS": str(out), "HOVLE_TB_NOW": "1"}
@@ -112,7 +118,25 @@ def _serving_importable() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("fastapi", "uvicorn", "openai", "prometheus_client"))
 
 
+def run_xcomposer(plan: Plan, log: Path) -> list[tuple[str, int, float]]:
+    """The XComposer2-4KHD run: build, its GPU tests, its benchmark (rows as they are measured)."""
+    py, env = sys.executable, plan.env
+    build_env = {**env, "HOVLE_BUILD_CUDA": "0" if plan.rehearse else "1"}
+    steps = [
+        step("build", [py, "setup.py", "-q", "build_ext", "--inplace"], plan.box((60, 300), (60, 60)), log, build_env)
+    ]
+    pytest = [py, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", "--timeout", "120", "-m", "gpu"]
+    tests = [*pytest, "-n", "2" if plan.rehearse else "4", "tests/families/xcomposer"]
+    steps.append(step("gpu tests", tests, plan.box((90, 220), (60, 40)), log, env))
+    limit = plan.box((400, 5), (120, 0))
+    bench = [py, "benchmarks/bench_xcomposer.py", "--record", "--deadline", str(int(limit - 40))]
+    steps.append(step("xcomposer bench", bench + (["--smoke"] if plan.rehearse else []), limit, log, env))
+    return steps
+
+
 def run(plan: Plan, log: Path) -> list[tuple[str, int, float]]:
+    if plan.family == "xcomposer":
+        return run_xcomposer(plan, log)
     py, env = sys.executable, plan.env
     writer = [py, "benchmarks/e2e_common.py", "--write", str(plan.ckpt)] + (["--tiny"] if plan.rehearse else [])
     with open(plan.out / "ckpt.log", "a", encoding="utf-8") as ckpt_log:
@@ -222,6 +246,7 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="a subset in under 4 minutes")
     p.add_argument("--rehearse", action="store_true", help="the same run on the CPU: tiny shapes, short boxes")
     p.add_argument("--budget", type=float, default=None, help="seconds for the whole run")
+    p.add_argument("--family", default="hovle", choices=("hovle", "xcomposer"), help="which model family to check")
     p.add_argument(
         "--out",
         default=os.environ.get("OUT"),

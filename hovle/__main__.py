@@ -1,4 +1,4 @@
-"""Command line: `python -m hovle {generate,demo,write-default,serve}`.
+"""Command line: `python -m hovle {generate,demo,write-default,convert,serve}`.
 
 Every failure the CLI can meet in its input (a bad option value, a missing or unreadable file, a checkpoint or
 image it cannot use, text that is not valid Unicode) ends as one line on stderr and exit status 2; only a bug in
@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import HoVLEError
+from .errors import HoVLEError, InputError
 
 DEMO_PROMPT = "Please describe the image in detail."
 
@@ -35,12 +35,20 @@ def _add_engine(p: argparse.ArgumentParser) -> None:
         help="image preprocessing: native C++ (when built) or PIL",
     )
     p.add_argument("--max-tiles", type=int, default=None, help="raise the per-image tile limit (hard cap 128)")
+    p.add_argument(
+        "--bos-placement",
+        default="per-segment",
+        choices=("per-segment", "first"),
+        help="XComposer2: BOS before each text piece (the authors' chat()) or only at the start",
+    )
 
 
 def _add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", default=DEMO_PROMPT, help="the user's question")
     p.add_argument("--image", action="append", default=None, help="an image file (repeat for several)")
-    p.add_argument("--max-num", type=int, default=None, help="most tiles per image (default: config.json's)")
+    p.add_argument(
+        "--max-num", type=int, default=None, help="most tiles per image (XComposer2: hd_num; default: the model's)"
+    )
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0)
@@ -56,21 +64,32 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m hovle", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     gen = sub.add_parser("generate", help="answer a prompt about images with a checkpoint folder")
-    gen.add_argument("--model", required=True, help="folder of OpenGVLab/HoVLE or HoVLE-HD (or a compatible one)")
+    gen.add_argument("--model", required=True, help="a checkpoint folder: HoVLE, HoVLE-HD, InternLM-XComposer2-4KHD")
     _add_sampling(gen)
     demo = sub.add_parser("demo", help="ask the embedded (trained) default model about the example image")
     demo.add_argument("--variant", default="both", choices=("hovle", "hovle-hd", "both"))
     _add_engine(demo)
     write = sub.add_parser("write-default", help="write the embedded default checkpoint to a folder")
     write.add_argument("--out", required=True, help="the folder to write (created; see --overwrite)")
-    write.add_argument("--variant", default="hovle", choices=("hovle", "hovle-hd"), help="HoVLE or HoVLE-HD")
+    write.add_argument(
+        "--variant",
+        default="hovle",
+        choices=("hovle", "hovle-hd", "xcomposer2-4khd"),
+        help="HoVLE, HoVLE-HD, or (with --random only) InternLM-XComposer2-4KHD",
+    )
     write.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     write.add_argument(
         "--random",
         action="store_true",
         help="random weights (the tiny sizes, or the real ones with --full-size) instead of the trained model",
     )
-    write.add_argument("--full-size", action="store_true", help="with --random: the released HoVLE sizes (~10 GB)")
+    write.add_argument(
+        "--full-size", action="store_true", help="with --random: the released sizes (HoVLE ~10 GB, XComposer2 ~17 GB)"
+    )
+    convert = sub.add_parser("convert", help="rewrite a checkpoint's pytorch_model*.bin shards as safetensors")
+    convert.add_argument("--model", required=True, help="the folder with pytorch_model.bin (or its index and shards)")
+    convert.add_argument("--out", required=True, help="the new folder (the other files are copied into it)")
+    convert.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     from .serve.cli import add_serve_parser
 
     add_serve_parser(sub, _add_engine)
@@ -89,6 +108,7 @@ def _engine(args, path, **extra):
         cuda_graphs=not args.no_cuda_graph,
         preprocess=args.preprocess,
         max_tiles=args.max_tiles,
+        bos_placement=args.bos_placement,
         **extra,
     )
 
@@ -159,6 +179,12 @@ def _write_default(args) -> Path:
     from .default_model.folder import copy_default_model, write_default_model
 
     out = Path(args.out).expanduser()
+    if args.variant == "xcomposer2-4khd":
+        from .default_model.xcomposer import write_xcomposer_model
+
+        if not args.random:
+            raise InputError("there is no trained XComposer2-4KHD default model; add --random for random weights")
+        return write_xcomposer_model(out, tiny=not args.full_size, overwrite=args.overwrite)
     if not args.random:
         return copy_default_model(out, args.variant, overwrite=args.overwrite)
     return write_default_model(out, args.variant, overwrite=args.overwrite, tiny=not args.full_size)
@@ -169,12 +195,16 @@ def _dispatch(args) -> None:
 
     if args.cmd == "write-default":
         print(_write_default(args))
+    elif args.cmd == "convert":
+        from .loaders.convert import to_safetensors
+
+        print(to_safetensors(args.model, args.out, overwrite=args.overwrite))
     elif args.cmd == "generate":
         from .generation import SamplingParams
 
         SamplingParams.build(**_sampling(args))  # a bad sampling option fails before the model loads
         engine = _engine(args, Path(args.model).expanduser())
-        _generate(engine, args, f"{args.model} ({'HoVLE-HD' if engine.cfg.is_hd else 'HoVLE'})")
+        _generate(engine, args, f"{args.model} ({engine.model_name})")
     elif args.cmd == "serve":
         from .serve.cli import serve
 

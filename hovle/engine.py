@@ -41,6 +41,7 @@ class Engine:
     def __init__(self, loaded, loop: EngineLoop, options: EngineOptions, max_context: int):
         self.cfg, self.tokenizer, self.model, self.builder = loaded.cfg, loaded.tokenizer, loaded.model, loaded.builder
         self.loop, self.options, self.max_context = loop, options, max_context
+        self.model_name = loaded.name
         self.scheduler, self.runner = loop.scheduler, loop.runner
         self.template = self.builder.template
         self._finalizer = weakref.finalize(self, loop.close)  # the loop's thread ends with the engine

@@ -148,3 +148,19 @@ def test_serve_refuses_bad_options_before_loading(capsys, ckpt, tmp_path, monkey
     serve = ["serve", "--model", str(ckpt)]
     _fails_in_one_line(capsys, serve + ["--allowed-local-media-path", str(tmp_path / "nope")], "nope: no such folder")
     _fails_in_one_line(capsys, serve + ["--max-queue", "0"], "--max-queue 0")
+
+
+def test_xcomposer_write_default_and_generate(tmp_path, capsys):
+    _fails_in_one_line(
+        capsys, ["write-default", "--variant", "xcomposer2-4khd", "--out", str(tmp_path / "x")], "add --random"
+    )
+    out = _run(["write-default", "--variant", "xcomposer2-4khd", "--random", "--out", str(tmp_path / "xc")])
+    assert out.returncode == 0, out.stderr.decode()
+    img = tmp_path / "img.png"
+    noise_image(700, 350, 5).save(img)
+    gen = ["generate", "--model", str(tmp_path / "xc"), "--image", str(img), "--prompt", "What?", "--max-num", "2"]
+    out = _run(gen + ["--max-new-tokens", "3"])
+    text = out.stdout.decode()
+    assert out.returncode == 0, out.stderr.decode()
+    assert "(InternLM-XComposer2-4KHD)" in text and "image 0: 1x2 crops of 336px + global view, 457 LLM tokens" in text
+    assert "tokens: 3 generated" in text or "generated (stop)" in text

@@ -78,17 +78,21 @@ def _config(raw: dict, sizes: dict, ranks: dict) -> XComposerConfig:
     )
 
 
-def _random(cfg: XComposerConfig, seed: int):
+def _random(cfg: XComposerConfig, seed: int, device: str = "cpu"):
+    """Seeded bf16 tensors under the released names, one at a time; drawn on `device` (a GPU draws 17 GB in
+    seconds), returned on the CPU."""
     for name, shape in expected_tensors(cfg).items():
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+        gen = torch.Generator(device).manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
         mean, std = _init_std(name, shape)
         if "Plora_B" in name:  # PLoRA updates of the scale of the base weights' own (B is zero at the authors' init)
             std = 0.5 / shape[1] ** 0.5
-        yield name, (torch.randn(shape, generator=gen) * std + mean).to(torch.bfloat16)
+        yield name, (torch.randn(shape, generator=gen, device=device) * std + mean).to(torch.bfloat16).cpu()
 
 
-def _write_bin_shards(tmp: Path, items, max_bytes: int) -> None:
-    """pickle shards (torch.save) filled greedily in order, and their index."""
+def _write_shards(tmp: Path, items, max_bytes: int, fmt: str) -> None:
+    """Shards filled greedily in order, and their index: pickle (torch.save, the release's form) or safetensors."""
+    from safetensors.torch import save_file
+
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = total = 0
     for name, t in items:
@@ -100,15 +104,24 @@ def _write_bin_shards(tmp: Path, items, max_bytes: int) -> None:
         total += t.nbytes
     weight_map = {}
     for i, shard in enumerate(shards):
-        fname = f"pytorch_model-{i + 1:05d}-of-{len(shards):05d}.bin"
-        torch.save(shard, tmp / fname)
+        if fmt == "bin":
+            fname = f"pytorch_model-{i + 1:05d}-of-{len(shards):05d}.bin"
+            torch.save(shard, tmp / fname)
+        else:
+            fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, str(tmp / fname), metadata={"format": "pt"})
         weight_map |= {name: fname for name in shard}
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-    (tmp / "pytorch_model.bin.index.json").write_text(json.dumps(index, indent=2))
+    index_name = "pytorch_model.bin.index.json" if fmt == "bin" else "model.safetensors.index.json"
+    (tmp / index_name).write_text(json.dumps(index, indent=2))
 
 
-def write_xcomposer_model(dst: str | Path, *, tiny: bool = True, overwrite: bool = False, seed: int = 0) -> Path:
-    """A random-weight XComposer2-4KHD folder at `dst`, written atomically (see the module docstring)."""
+def write_xcomposer_model(
+    dst: str | Path, *, tiny: bool = True, overwrite: bool = False, seed: int = 0, fmt: str = "bin", device: str = "cpu"
+) -> Path:
+    """A random-weight XComposer2-4KHD folder at `dst`, written atomically (see the module docstring). fmt "bin"
+    (the release's pickle shards) or "safetensors" (the converted form: faster to write and load, for benchmarks);
+    device: where the random weights are drawn."""
     sizes, ranks = (TINY, TINY_RANKS) if tiny else (FULL, FULL_RANKS)
     with tempfile.TemporaryDirectory(prefix=".hovle-xc-tok-") as tok_tmp:
         tok = write_tokenizer_files(Path(tok_tmp) / "tok", vocab_size=2048, layout="xcomposer2")
@@ -121,5 +134,5 @@ def write_xcomposer_model(dst: str | Path, *, tiny: bool = True, overwrite: bool
         (tmp / "generation_config.json").write_text(json.dumps({"max_length": 4480, "transformers_version": "4.33.1"}))
         for name, data in files.items():
             (tmp / name).write_bytes(data)
-        _write_bin_shards(tmp, _random(cfg, seed), TINY_SHARD_BYTES if tiny else FULL_SHARD_BYTES)
+        _write_shards(tmp, _random(cfg, seed, device), TINY_SHARD_BYTES if tiny else FULL_SHARD_BYTES, fmt)
     return Path(dst)

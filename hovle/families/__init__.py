@@ -53,6 +53,7 @@ class Loaded:
     model: Any
     builder: Any
     stop_ids: tuple[int, ...] = ()  # generation ends at any of these (default: the tokenizer's <|im_end|>)
+    name: str = ""  # what the model is, for people ("HoVLE-HD", "InternLM-XComposer2-4KHD")
 
 
 @dataclass(frozen=True)

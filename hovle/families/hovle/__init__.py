@@ -47,7 +47,7 @@ def load(path, options, ops, device, dtype) -> Loaded:
     builder = RequestBuilder(
         cfg, tokenizer, template, options.max_tiles or max(cfg.max_dynamic_patch, 1), options.preprocess
     )
-    return Loaded(cfg, tokenizer, model, builder)
+    return Loaded(cfg, tokenizer, model, builder, name="HoVLE-HD" if cfg.is_hd else "HoVLE")
 
 
 FAMILY = Family("hovle", _matches, load)

@@ -38,7 +38,7 @@ def load(path, options, ops, device, dtype) -> Loaded:
     max_tiles = options.max_tiles or DEFAULT_MAX_TILES
     builder = RequestBuilder(cfg, tokenizer, template, max_tiles, options.bos_placement)
     stops = (cfg.eos_token_id, tokenizer.token_id(template.sep))
-    return Loaded(cfg, tokenizer, model, builder, stop_ids=stops)
+    return Loaded(cfg, tokenizer, model, builder, stop_ids=stops, name="InternLM-XComposer2-4KHD")
 
 
 FAMILY = Family("xcomposer2-4khd", _matches, load)
