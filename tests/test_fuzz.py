@@ -1,4 +1,5 @@
 """Generated garbage at every input of the engine: each outcome is a normal result or the engine's own error.
+Both generative families: HoVLE and InternLM-XComposer2-4KHD.
 
 Prompts (any Unicode, lone surrogates, control-token strings, <image> markers), images (arrays and tensors of any
 shape and dtype, random bytes, PIL images in any mode, other objects), sampling values of any type, and chat
@@ -16,6 +17,7 @@ from hovle import GenerationResult, HoVLEError
 
 SETTINGS = settings(max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 SPECIALS = ["<|im_end|>", "<|im_start|>", "<image>", "<img>", "</img>", "<IMG_CONTEXT>", "<s>", "</s>", "\n", " "]
+SPECIALS += ["[UNUSED_TOKEN_146]", "[UNUSED_TOKEN_145]", "<ImageHere>"]  # XComposer2's template tokens
 
 pieces = st.lists(st.sampled_from(SPECIALS) | st.text(max_size=5), max_size=8)
 text = st.one_of(st.text(max_size=60), pieces.map("".join))
@@ -69,9 +71,17 @@ message = st.fixed_dictionaries(
 )
 
 
-@pytest.fixture(scope="module")
-def engine(make_engine):
-    return make_engine("pre", max_context=600)
+@pytest.fixture(scope="module", params=["hovle", "xcomposer"])
+def engine(request, make_engine):
+    if request.param == "hovle":
+        yield make_engine("pre", max_context=600)  # closed with the module's other engines
+        return
+    from hovle import Engine
+
+    # a small tile budget keeps each example's vision work short (the default hd_num is 25)
+    eng = Engine.from_pretrained(request.getfixturevalue("xc_path"), device="cpu", dtype=torch.float32, max_tiles=4)
+    yield eng
+    eng.close()
 
 
 def _bounded(kw: dict) -> dict:
