@@ -88,6 +88,7 @@ _LAUNCHERS = {  # Ops field -> (module, Triton launcher name)
     "sample": ("sample", "sample"),
     "greedy": ("greedy", "greedy"),
     "norm_linear": ("norm_linear", "norm_linear_auto"),
+    "layer_norm": ("layer_norm", "layer_norm"),
     "patch_weight_layout": ("patch_embed", "weight_layout"),
 }
 
