@@ -89,6 +89,7 @@ _LAUNCHERS = {  # Ops field -> (module, Triton launcher name)
     "greedy": ("greedy", "greedy"),
     "norm_linear": ("norm_linear", "norm_linear_auto"),
     "layer_norm": ("layer_norm", "layer_norm"),
+    "gelu": ("gelu", "gelu"),
     "patch_weight_layout": ("patch_embed", "weight_layout"),
 }
 
