@@ -90,6 +90,7 @@ _LAUNCHERS = {  # Ops field -> (module, Triton launcher name)
     "norm_linear": ("norm_linear", "norm_linear_auto"),
     "layer_norm": ("layer_norm", "layer_norm"),
     "gelu": ("gelu", "gelu"),
+    "encoder_attention": ("encoder_attention_select", "encoder_attention_auto"),
     "patch_weight_layout": ("patch_embed", "weight_layout"),
 }
 
