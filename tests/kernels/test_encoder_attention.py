@@ -30,7 +30,7 @@ def fp64_attention(q, k, v, key_mask=None, bias=None, scale=None):
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     qd = q.double().permute(0, 2, 1, 3)  # (B, Lq, Hq, D) -> (B, Hq, Lq, D)
     kd = k.double().permute(0, 2, 1, 3).repeat_interleave(rep, 1)  # (B, Lk, Hkv, D) -> (B, Hq, Lk, D)
-    vd = v.double().permute(0, 2, 1, 3).repeat_interleave(rep, 1)
+    vd = v.double().permute(0, 2, 1, 3).repeat_interleave(rep, 1)  # (B, Lk, Hkv, D) -> (B, Hq, Lk, D)
     s = qd @ kd.transpose(-1, -2) * scale + (bias.double() if bias is not None else 0.0)  # (B, Hq, Lq, Lk)
     if key_mask is not None:
         s = s.masked_fill(~key_mask[:, None, None, :], float("-inf"))
@@ -43,7 +43,8 @@ def make_inputs(b, lq, lk, hq, hkv, d, mask, bias, dtype, device=DEV, seed=0):
     (None, "pad": random lengths >= 1, "pad+empty": and batch 0 with no key); bias per `bias` (None, "full": a
     strided (B, Hq, Lq, Lk) slice, "batch": (1, Hq, Lq, Lk), "pair": (Lq, Lk), "keys": (B, 1, 1, Lk))."""
     gen = torch.Generator().manual_seed(seed)
-    q = torch.randn(b, lq, hq * d + 8, generator=gen)[..., : hq * d].view(b, lq, hq, d)  # row stride Hq D + 8
+    wide = torch.randn(b, lq, hq * d + 8, generator=gen)
+    q = wide[..., : hq * d].view(b, lq, hq, d)  # (B, Lq, Hq D) -> (B, Lq, Hq, D), row stride Hq D + 8
     kv = torch.randn(b, lk, 2, hkv, d, generator=gen)
     k, v = kv[:, :, 0], kv[:, :, 1]  # (B, Lk, Hkv, D) views, row stride 2 Hkv D
     key_mask = None
@@ -133,7 +134,7 @@ def _bad(name: str, **changes):
     [
         _bad("q must be a 4-D", q=lambda a: a["q"][:, 0]),
         _bad("q must be", q=lambda a: a["q"].double()),
-        _bad("k must be", k=lambda a: a["k"].transpose(2, 3)),
+        _bad("k must be", k=lambda a: a["k"].transpose(2, 3)),  # (B, Lk, D, Hkv): D strided
         _bad("k and v must be q's dtype", v=lambda a: a["v"].half()),
         _bad("k and v must both be", v=lambda a: a["v"][:, :-1]),
         _bad("k and v must both be", k=lambda a: a["k"][..., :16], v=lambda a: a["v"][..., :16]),

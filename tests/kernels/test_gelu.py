@@ -36,7 +36,7 @@ def inputs(shape, dtype, layout: str, gen: torch.Generator) -> torch.Tensor:
     if layout == "sliced":
         return (torch.randn(*shape[:-1], shape[-1] + 5, generator=gen) * 4).to(DEV, dtype)[..., : shape[-1]]
     if layout == "transposed":
-        return (torch.randn(*shape[::-1], generator=gen) * 4).to(DEV, dtype).transpose(0, -1)
+        return (torch.randn(*shape[::-1], generator=gen) * 4).to(DEV, dtype).transpose(0, -1)  # reversed -> shape
     return (torch.randn(*shape, generator=gen) * 4).to(DEV, dtype)
 
 
