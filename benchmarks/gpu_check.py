@@ -174,11 +174,12 @@ def run(plan: Plan, log: Path) -> list[tuple[str, int, float]]:
     e2e_cmd = [py, "benchmarks/bench_e2e.py", "--record", "--dir", str(plan.ckpt), "--deadline", str(int(limit - 30))]
     steps.append(step("e2e", [*e2e_cmd, *e2e], limit, log, env))
     if not plan.quick:
-        # torch.compile providers off: compiling every reference takes minutes the run does not have
+        # torch.compile providers off: compiling every reference takes minutes the run does not have. The
+        # rehearsal's box is wider: 13 benchmarks through the CPU interpreter take 40-50 s on a shared 2-core machine
         kernels_env = {**env, "TORCHDYNAMO_DISABLE": "1"}
         steps.append(
             step(
-                "kernels", [py, "benchmarks/run_kernels.py", "--record"], plan.box((60, 3), (40, 10)), log, kernels_env
+                "kernels", [py, "benchmarks/run_kernels.py", "--record"], plan.box((60, 3), (60, 10)), log, kernels_env
             )
         )
         if _serving_importable():

@@ -32,6 +32,9 @@ OPS = [  # the decode step's and TTFT's heaviest first: a time-boxed run keeps w
     "patch_embed",
     "pixel_shuffle",
     "sample",
+    "encoder_attention",  # the encoders' (CLIP, DeBERTa, fusion layers): after the decoder's ops
+    "layer_norm",
+    "gelu",
 ]
 
 

@@ -97,6 +97,9 @@ def test_gpu_check_rehearsal_runs_every_step_and_leaves_its_results_in_out(tmp_p
         "patch_embed",
         "pixel_shuffle",
         "sample",
+        "encoder_attention",
+        "layer_norm",
+        "gelu",
     }
     assert len(serve) == 2 and all(r["lost"] == 0 for r in serve)
     assert all(r.get("rehearsal") is True and r["commit"] for r in e2e + kernels + serve)

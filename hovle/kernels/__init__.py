@@ -90,6 +90,9 @@ _LAUNCHERS = {  # Ops field -> (module, Triton launcher name)
     "greedy": ("greedy", "greedy"),
     "norm_linear": ("norm_linear", "norm_linear_auto"),
     "swiglu": ("swiglu", "swiglu"),
+    "layer_norm": ("layer_norm", "layer_norm"),
+    "gelu": ("gelu", "gelu"),
+    "encoder_attention": ("encoder_attention_select", "encoder_attention_auto"),
     "patch_weight_layout": ("patch_embed", "weight_layout"),
 }
 
