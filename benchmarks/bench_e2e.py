@@ -69,7 +69,7 @@ def weight_bytes_per_step(engine: Engine) -> int:
     m, n = engine.model, 0
     for stack in (m.emb_stack, m.llm_stack):
         for layer in stack.layers:
-            n += sum(t.numel() * t.element_size() for t in vars(layer).values())
+            n += layer.dense_bytes()
     return n + m.final_norm.numel() * m.final_norm.element_size() + m.head.numel() * m.head.element_size()
 
 

@@ -7,8 +7,8 @@ hd_num 25 (a 1000 x 1000 photo: 5 x 5 crops, 3817 image tokens) and hd_num 55 (3
 image tokens); decode tokens/s at batch 1 and 64 (every prompt with its own 1-crop image, EOS ignored, the marginal
 rate of a step with every sequence running). The reference holds one sequence: TTFT and batch-1 decode.
 --cpu: the tiny random model on this machine's CPU (fp32, torch backend): the same scenarios at small budgets.
---smoke: --cpu with the shortest settings, to check the script. With --record rows are appended as measured
-(GPU: e2e.jsonl, --cpu: cpu.jsonl); otherwise printed.
+--smoke: --cpu with the shortest settings, to check the script (gpu-check's rehearsal). With --record rows are
+appended as measured (GPU and --smoke: e2e.jsonl, --cpu: cpu.jsonl); otherwise printed.
 
     python benchmarks/bench_xcomposer.py --record [--dir /tmp/hovle-xc-full] [--deadline 240]
 """
@@ -172,9 +172,10 @@ def cpu(args, late) -> int:
 
     Run.smoke()
     Settings.ttft = {"hd1": ((500, 400), 1), "hd6": ((900, 500), 6)}
-    Settings.batches, Settings.new = ((1, 2), SHORT + 4) if args.smoke else ((1, 4), 64)
+    Settings.batches, Settings.new = ((1, 2), SHORT + 8) if args.smoke else ((1, 4), 64)
     with tempfile.TemporaryDirectory() as tmp:
-        run(write_xcomposer_model(Path(tmp) / "xc"), args, "cpu.jsonl", {"threads": torch.get_num_threads()}, late)
+        file = "e2e.jsonl" if args.smoke else "cpu.jsonl"  # the smoke run is the GPU run's rehearsal
+        run(write_xcomposer_model(Path(tmp) / "xc"), args, file, {"threads": torch.get_num_threads()}, late)
     return 0
 
 
@@ -183,7 +184,7 @@ def run(path: Path, args, file: str, extra: dict, late) -> None:
         rows = bench_engine(path, late) if provider == "engine" else bench_reference(path, late)
         for r in rows:
             r = {**r, **extra, **provenance()}
-            append_rows([r], file) if args.record and not args.smoke else print(json.dumps(r), flush=True)
+            append_rows([r], file) if args.record else print(json.dumps(r), flush=True)
 
 
 if __name__ == "__main__":

@@ -186,7 +186,7 @@ def decode_ledger(variant: str = "hovle", batch: int = 1, context: int = 1024, e
 def _minimum(model: HoVLEModel, batch: int, contexts: tuple[int, int]) -> int:
     """Every weight a step uses read once (the text table: one row per sequence), and each sequence's live KV."""
     layers = [layer for stack in (model.emb_stack, model.llm_stack) for layer in stack.layers]
-    weights = sum(_bytes(t) for layer in layers for t in vars(layer).values())
+    weights = sum(layer.dense_bytes() for layer in layers)
     weights += _bytes(model.final_norm) + _bytes(model.head) + batch * model.text_table[0].numel() * 2
     per_token = [
         PagedKVCache.bytes_per_token(s.num_layers, s.num_kv_heads, s.head_dim, torch.bfloat16)

@@ -33,6 +33,11 @@ class LayerWeights:
     w2: torch.Tensor  # (C, I)
     lora: dict | None = None  # "wqkv", "wo", "w1", "w3", "w2" -> (A (r, in), B (out, r), scale): image rows only
 
+    def dense_bytes(self) -> int:
+        """Bytes of the dense weights every token reads (PLoRA's adapters touch image rows only, never decode)."""
+        dense = (self.attn_norm, self.wqkv, self.wo, self.ffn_norm, self.w13, self.w2)
+        return sum(t.numel() * t.element_size() for t in dense)
+
 
 LORA_LINEARS = {  # PLoRA's projection -> its checkpoint name inside a layer
     "wqkv": "attention.wqkv",
